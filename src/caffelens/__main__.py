@@ -1,0 +1,3 @@
+from caffelens.cli import main
+
+raise SystemExit(main())

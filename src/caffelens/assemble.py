@@ -1,0 +1,466 @@
+"""Place classified lines in context: run, iteration, phase, pass and test batch.
+
+Caffe prints the debug block of a displayed iteration *before* its ``Iteration N, loss`` line,
+so training debug values are held back until that line names their iteration. Test nets print
+their own ``[Forward]`` lines between ``Testing net (#k)`` and ``Test net output``; those carry
+phase "test", the net index and the batch index. With ``iter_size: k`` a block holds k
+Forward/Backward passes. A new ``Initializing solver`` after training started begins a new run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from caffelens import lines as L
+from caffelens.prototxt import NetDefinition, ProtoTextError, SolverSettings, net_from_text
+from caffelens.prototxt import solver_from_text
+from caffelens.records import (
+    BackwardNeed,
+    BlobValue,
+    Crash,
+    Finished,
+    GradientClip,
+    LearningRate,
+    Loss,
+    NetConfig,
+    NetNorms,
+    Output,
+    ParamSharing,
+    Record,
+    Resume,
+    Snapshot,
+    SolverConfig,
+    Solving,
+    StepChange,
+    TestStart,
+    TopShape,
+)
+from caffelens.sources import Source, iter_lines
+
+MAX_DUMP_LINES = 200_000
+"""A protobuf dump longer than this is not a dump; stop collecting it."""
+
+MAX_PENDING = 1_000_000
+"""Debug values held back waiting for their display line; flushed beyond this."""
+
+_ITER_IN_PATH = re.compile(r"_iter_(\d+)")
+
+
+@dataclass
+class ParseStats:
+    """What the parser saw: lines read, records produced, lines it could not make sense of."""
+
+    lines: int = 0
+    records: int = 0
+    caffe_lines: int = 0
+    """Lines recognised as Caffe output (glog-prefixed or a known message)."""
+    malformed: int = 0
+    """Lines that named a known kind but did not match its format (cut-off lines, say)."""
+    bad_dumps: int = 0
+    """Solver/net parameter dumps that could not be parsed."""
+
+
+@dataclass
+class _Clock:
+    """Seconds since the first timestamp; mmdd dates roll over into the next year."""
+
+    year: int = 2000  # a leap year, so 0229 is valid when the log does not say the year
+    start: float | None = None
+    last_month: int = 0
+    cache: dict = field(default_factory=dict)
+
+    def seconds(self, date: str, seconds_of_day: float) -> float | None:
+        day = self.cache.get(date)
+        if day is None:
+            try:
+                if len(date) == 8:
+                    day = _dt.date(int(date[:4]), int(date[4:6]), int(date[6:])).toordinal()
+                else:
+                    month = int(date[:2])
+                    if month < self.last_month:
+                        self.year += 1
+                        self.cache.clear()
+                    self.last_month = month
+                    day = _dt.date(self.year, month, int(date[2:])).toordinal()
+            except ValueError:
+                return None
+            self.cache[date] = day
+        t = day * 86400.0 + seconds_of_day
+        if self.start is None:
+            self.start = t
+        return round(t - self.start, 6)
+
+
+class Parser:
+    """Streaming parser: feed it lines, get records. Use :func:`parse` for the common case."""
+
+    def __init__(self) -> None:
+        self.stats = ParseStats()
+        self.run = 0
+        self.solver: SolverSettings | None = None
+        self.train_net: NetDefinition | None = None
+        self.test_nets: list[NetDefinition] = []
+        self._clock = _Clock()
+        self._trained = False  # this run has printed an iteration line
+        self._last_display: int | None = None
+        self._last_tested: int | None = None
+        self._done = False
+        # debug attribution
+        self._pending: list[tuple] = []
+        self._pass = 0
+        self._saw_backward = False
+        self._phase = "train"
+        self._test_net = 0
+        self._test_iteration: int | None = None
+        self._batch = 0
+        self._batch_keys: set = set()
+        self._test_outputs_seen = False
+        self._multiline: tuple[str, str] | None = None  # NVCaffe 0.16 "[Forward] Layer L" header
+        self._root_thread: int | None = None
+        # start-up context
+        self._dump: list[str] | None = None
+        self._dump_kind = ""
+        self._dump_line = 0
+        self._setting_up: str | None = None
+        self._after_lr: int | None = None  # iteration whose lr line was the last solver line
+
+    # -- public ---------------------------------------------------------------------------
+
+    def feed(self, text: str, number: int) -> Iterator[Record]:
+        """Consume one line (``number`` is 1-based) and yield the records it completes."""
+        self.stats.lines += 1
+        prefix, message = L.split_prefix(text)
+        if self._dump is not None:
+            if prefix is None and L.looks_like_proto(text) and len(self._dump) < MAX_DUMP_LINES:
+                self._dump.append(text)
+                return
+            if prefix is not None and not message.strip() and not self._dump:
+                return  # NVCaffe/Intel print the dump header and an empty prefixed line
+            yield from self._finish_dump()
+        level = thread = None
+        time = None
+        if prefix is not None:
+            level, date, seconds, thread = prefix
+            self.stats.caffe_lines += 1
+        event = L.classify(message, level)
+        if event is None:
+            return
+        if prefix is None:
+            self.stats.caffe_lines += 1
+        else:
+            time = self._clock.seconds(date, seconds)
+        handler = getattr(self, "_on_" + event[0])
+        yield from handler(event, number, time, thread)
+
+    def finish(self) -> Iterator[Record]:
+        """End of input: complete a dump in progress and flush held-back debug values."""
+        if self._dump is not None:
+            yield from self._finish_dump()
+        yield from self._flush(self._predicted_iteration())
+
+    # -- debug values ---------------------------------------------------------------------
+
+    def _on_blob(self, event, number, time, thread):
+        _, direction, layer, role, blob, stat, value = event
+        yield from self._blob(direction, layer, role, blob, stat, value, number)
+
+    def _on_blob_header(self, event, number, time, thread):
+        self._multiline = (event[1], event[2])
+        return ()
+
+    def _on_blob_detail(self, event, number, time, thread):
+        if self._multiline is None:
+            self.stats.malformed += 1
+            return
+        _, role, blob, stat, value = event
+        direction, layer = self._multiline
+        yield from self._blob(direction, layer, role, blob, stat, value, number)
+
+    def _blob(self, direction, layer, role, blob, stat, value, number):
+        self._trained = True
+        if self._phase == "test" and self._test_outputs_seen:
+            self._phase = "train"  # the test is over; this is the next training block
+        if self._phase == "test":
+            key = (direction, layer, role, blob)
+            if key in self._batch_keys:
+                self._batch += 1
+                self._batch_keys.clear()
+            self._batch_keys.add(key)
+            yield self._blob_record(
+                number, self._test_iteration, "test", self._test_net, 0, self._batch,
+                direction, layer, role, blob, stat, value,
+            )
+            return
+        if direction == "forward" and self._saw_backward:
+            self._pass += 1
+            self._saw_backward = False
+        elif direction == "backward":
+            self._saw_backward = True
+        self._pending.append(
+            (number, direction, layer, role, blob, stat, value, self._pass)
+        )
+        if len(self._pending) >= MAX_PENDING:
+            yield from self._flush(self._predicted_iteration())
+
+    def _on_input_blob(self, event, number, time, thread):
+        return self._on_blob(event, number, time, thread)
+
+    def _on_update(self, event, number, time, thread):
+        _, layer, param, data, diff = event
+        for stat, value in (("data", data), ("diff", diff)):
+            yield self._blob_record(
+                number, self._last_display, "train", 0, 0, None,
+                "update", layer, "param", param, stat, value,
+            )
+
+    def _on_update_shared(self, event, number, time, thread):
+        _, layer, param, _owner, _owner_param, diff = event
+        yield self._blob_record(
+            number, self._last_display, "train", 0, 0, None,
+            "update", layer, "param", param, "diff", diff,
+        )
+
+    def _on_norms(self, event, number, time, thread):
+        _, l1_data, l1_diff, l2_data, l2_diff = event
+        item = ("norms", number, l1_data, l1_diff, l2_data, l2_diff, thread, self._pass)
+        if self._phase == "test":
+            self._phase = "train"
+        other_worker = (
+            self._root_thread is not None and thread is not None and thread != self._root_thread
+        )
+        if other_worker and not any(p[0] != "norms" for p in self._pending):
+            # multi-GPU: a non-root solver's line for the iteration just displayed
+            yield NetNorms(number, self.run, self._last_display, 0, l1_data, l1_diff,
+                           l2_data, l2_diff, thread)
+            return
+        self._saw_backward = True
+        self._pending.append(item)
+
+    def _flush(self, iteration: int | None) -> Iterator[Record]:
+        pending, self._pending = self._pending, []
+        self._pass = 0
+        self._saw_backward = False
+        for item in pending:
+            if item[0] == "norms":
+                _, number, l1d, l1g, l2d, l2g, thread, pass_index = item
+                yield NetNorms(number, self.run, iteration, pass_index, l1d, l1g, l2d, l2g, thread)
+            else:
+                number, direction, layer, role, blob, stat, value, pass_index = item
+                yield self._blob_record(
+                    number, iteration, "train", 0, pass_index, None,
+                    direction, layer, role, blob, stat, value,
+                )
+
+    def _blob_record(self, number, iteration, phase, net, pass_index, batch,
+                     direction, layer, role, blob, stat, value) -> BlobValue:
+        index = name = None
+        if role == "param":
+            index, name = self._resolve_param(phase, net, layer, blob)
+        return BlobValue(number, self.run, iteration, phase, net, pass_index, batch,
+                         direction, layer, blob, role, stat, value, index, name)
+
+    def _resolve_param(self, phase, net, layer, blob):
+        """A param prints as its index or, when named in the net, its name: give both."""
+        definition = self.train_net if phase == "train" else (
+            self.test_nets[net] if net < len(self.test_nets) else None
+        )
+        spec = definition.layer(layer) if definition is not None else None
+        if blob.isdigit():
+            index = int(blob)
+            name = None
+            if spec is not None and index < len(spec.params):
+                name = spec.params[index].name
+            return index, name
+        if spec is not None:
+            for i, param in enumerate(spec.params):
+                if param.name == blob:
+                    return i, blob
+        return None, blob
+
+    def _predicted_iteration(self) -> int | None:
+        """The iteration a held-back block belongs to when its display line never came."""
+        if self._last_tested is not None and (
+            self._last_display is None or self._last_tested > self._last_display
+        ):
+            return self._last_tested
+        if self._last_display is None:
+            return None
+        step = self.solver.display if self.solver and self.solver.display else None
+        return self._last_display + step if step else None
+
+    # -- solver lines ---------------------------------------------------------------------
+
+    def _start_iteration_line(self, iteration: int, number: int) -> Iterator[Record]:
+        if self._last_display is not None and iteration < self._last_display and self._trained:
+            yield from self._flush(iteration)
+            self._new_run(keep_config=True)
+        self._trained = True
+
+    def _on_loss(self, event, number, time, thread):
+        _, iteration, value, rate = event
+        yield from self._start_iteration_line(iteration, number)
+        self._root_thread = thread
+        yield from self._flush(iteration)
+        self._phase = "train"
+        self._last_display = iteration
+        self._after_lr = None
+        yield Loss(number, self.run, iteration, value, time, rate)
+
+    def _on_lr(self, event, number, time, thread):
+        _, iteration, value, momentum, decay, scale = event
+        yield from self._start_iteration_line(iteration, number)
+        if self._pending and self._last_display != iteration:
+            yield from self._flush(iteration)  # 2014 Caffe printed lr before loss
+        self._after_lr = iteration
+        yield LearningRate(number, self.run, iteration, value, momentum, decay, scale, time)
+
+    def _on_test_start(self, event, number, time, thread):
+        _, iteration, net = event
+        yield from self._start_iteration_line(iteration, number)
+        if self._pending:
+            yield from self._flush(self._predicted_iteration())
+        self._phase = "test"
+        self._test_net = net
+        self._test_iteration = iteration
+        self._last_tested = iteration
+        self._batch = 0
+        self._batch_keys.clear()
+        self._test_outputs_seen = False
+        yield TestStart(number, self.run, iteration, net, time)
+
+    def _on_output(self, event, number, time, thread):
+        _, phase, index, name, value, weight = event
+        if phase == "test":
+            iteration, net = self._test_iteration, self._test_net
+            self._test_outputs_seen = True
+        else:
+            iteration, net = self._last_display, 0
+        yield Output(number, self.run, iteration, phase, net, index, name, value, weight, time)
+
+    def _on_test_score(self, event, number, time, thread):
+        _, index, value = event
+        self._test_outputs_seen = True
+        name = "score" if index >= 0 else "loss"
+        yield Output(number, self.run, self._test_iteration, "test", self._test_net,
+                     max(index, 0), f"{name}#{index}" if index >= 0 else name, value, None, time)
+
+    def _on_clip(self, event, number, time, thread):
+        _, norm, threshold, scale = event
+        iteration = self._after_lr
+        self._after_lr = None
+        yield GradientClip(number, self.run, iteration, self._last_display, norm, threshold, scale)
+
+    def _on_step(self, event, number, time, thread):
+        _, iteration, step = event
+        yield StepChange(number, self.run, iteration, step)
+
+    def _on_solving(self, event, number, time, thread):
+        yield Solving(number, self.run, event[1])
+
+    def _on_snapshot(self, event, number, time, thread):
+        path = event[1]
+        m = _ITER_IN_PATH.search(path)
+        yield Snapshot(number, self.run, int(m.group(1)) if m else self._last_display, path)
+
+    def _on_resume(self, event, number, time, thread):
+        path = event[1]
+        m = _ITER_IN_PATH.search(path)
+        yield Resume(number, self.run, path, int(m.group(1)) if m else None)
+
+    def _on_done(self, event, number, time, thread):
+        if self._done:
+            return  # solver.cpp and caffe.cpp both print it
+        yield from self._flush(self._last_display)
+        self._done = True
+        yield Finished(number, self.run, self._last_display, event[1])
+
+    def _on_crash(self, event, number, time, thread):
+        _, cause, message = event
+        yield Crash(number, self.run, self._last_display, cause, message, self._done)
+
+    def _on_malformed(self, event, number, time, thread):
+        self.stats.malformed += 1
+        return ()
+
+    def _on_log_created(self, event, number, time, thread):
+        self._clock.year = event[1]
+        return ()
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def _on_solver_dump(self, event, number, time, thread):
+        if self._trained:
+            yield from self._flush(self._predicted_iteration())
+            self._new_run(keep_config=False)
+        self._dump, self._dump_kind, self._dump_line = [], "solver", number
+
+    def _on_net_dump(self, event, number, time, thread):
+        self._dump, self._dump_kind, self._dump_line = [], "net", number
+        return ()
+
+    def _finish_dump(self) -> Iterator[Record]:
+        text, self._dump = "\n".join(self._dump or ()), None
+        try:
+            if self._dump_kind == "solver":
+                self.solver = solver_from_text(text)
+                record: Record = SolverConfig(self._dump_line, self.run, self.solver)
+            else:
+                net = net_from_text(text)
+                if net.phase == "TEST":
+                    self.test_nets.append(net)
+                else:
+                    self.train_net = net
+                record = NetConfig(self._dump_line, self.run,
+                                   (net.phase or "TRAIN").lower(), net)
+        except (ProtoTextError, RecursionError):
+            self.stats.bad_dumps += 1
+            return
+        yield record
+
+    def _on_setting_up(self, event, number, time, thread):
+        self._setting_up = event[1]
+        return ()
+
+    def _on_shape(self, event, number, time, thread):
+        yield TopShape(number, self.run, self._setting_up, event[1], event[2])
+
+    def _on_sharing(self, event, number, time, thread):
+        _, name, owner, index = event
+        yield ParamSharing(number, self.run, self._setting_up, name, owner, index)
+
+    def _on_needs_backward(self, event, number, time, thread):
+        yield BackwardNeed(number, self.run, event[1], event[2])
+
+    def _new_run(self, keep_config: bool) -> None:
+        self.run += 1
+        self._trained = False
+        self._last_display = None
+        self._last_tested = None
+        self._done = False
+        self._phase = "train"
+        if not keep_config:
+            self.solver = None
+            self.train_net = None
+            self.test_nets = []
+
+
+def parse(source: Source, parser: Parser | None = None) -> Iterator[Record]:
+    """Yield the records of a Caffe log lazily.
+
+    ``source`` is a path (plain, .gz, .bz2 or .xz), an open text or binary stream (stdin), or
+    any iterable of lines. Malformed lines are skipped and counted in ``parser.stats``; pass
+    your own :class:`Parser` to read them afterwards.
+    """
+    parser = parser or Parser()
+    number = 0
+    stats = parser.stats
+    for number, text in enumerate(iter_lines(source), 1):
+        for record in parser.feed(text, number):
+            stats.records += 1
+            yield record
+    for record in parser.finish():
+        stats.records += 1
+        yield record

@@ -1,0 +1,141 @@
+"""Run the rules over a log: records → per-run traces → findings, with select/ignore."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from caffelens.assemble import ParseStats, Parser, parse
+from caffelens.history import RunTrace, TraceBuilder
+from caffelens.prototxt import NetDefinition, SolverSettings
+from caffelens.rules import Context, Finding, Rule, Severity, all_rules
+from caffelens.sources import InputError, Source
+
+
+class NotCaffeLog(InputError):
+    """The input holds no line Caffe prints."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """What to check and how strictly; from the command line or [tool.caffelens]."""
+
+    select: tuple[str, ...] = ()
+    """Rule codes or names (or code prefixes like "CL1") to run; empty = all."""
+    ignore: tuple[str, ...] = ()
+    explode_threshold: float = 1e8
+    solver: SolverSettings | None = None
+    """Overrides the solver parameters printed in the log (--solver)."""
+    net: NetDefinition | None = None
+    """Overrides the train net printed in the log (--net)."""
+
+
+@dataclass
+class Diagnosis:
+    """The findings for one log, with what a summary needs."""
+
+    path: str
+    findings: list[Finding]
+    traces: list[RunTrace]
+    stats: ParseStats
+    error: str | None = None
+    """Set when the log could not be read to the end (corrupt archive): a partial result."""
+
+    @property
+    def status(self) -> str:
+        if not self.findings:
+            return "ok"
+        return str(max(f.severity for f in self.findings))
+
+    @property
+    def last(self) -> RunTrace | None:
+        return self.traces[-1] if self.traces else None
+
+    def summary(self) -> dict:
+        first = last = None
+        for trace in self.traces:
+            lo, hi = trace.iterations
+            if lo is not None:
+                first = lo if first is None else min(first, lo)
+                last = hi if last is None else max(last, hi)
+        final = None
+        if self.last is not None and self.last.losses:
+            value = self.last.losses[-1].value
+            final = value if math.isfinite(value) else (
+                "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
+        return {
+            "lines": self.stats.lines,
+            "first_iteration": first,
+            "last_iteration": last,
+            "debug_info": any(t.debug_info for t in self.traces),
+            "final_loss": final,
+            "status": self.status,
+            "runs": len(self.traces),
+            "malformed_lines": self.stats.malformed,
+        }
+
+
+def selected(rule: Rule, config: Config) -> bool:
+    """flake8-style selection: a code prefix or a rule name; ignore wins over select."""
+
+    def matches(keys: Iterable[str]) -> bool:
+        return any(rule.code.startswith(k.upper()) or rule.name == k.lower() for k in keys)
+
+    if config.select and not matches(config.select):
+        return False
+    return not matches(config.ignore)
+
+
+def diagnose(source: Source, config: Config | None = None, path: str | None = None) -> Diagnosis:
+    """Parse ``source`` and run every selected rule on each training run in it.
+
+    Raises :class:`InputError` when the input cannot be read at all and
+    :class:`NotCaffeLog` when it holds no Caffe line.
+    """
+    config = config or Config()
+    parser = Parser()
+    builder = TraceBuilder(config.explode_threshold)
+    name = path or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<stdin>")
+    error = None
+    try:
+        for record in parse(source, parser):
+            builder.add(record)
+    except InputError as exc:
+        if parser.stats.caffe_lines == 0:
+            raise
+        error = str(exc)
+    if parser.stats.caffe_lines == 0 or not builder.traces:
+        if parser.stats.lines == 0:
+            raise NotCaffeLog(f"{name}: empty log")
+        raise NotCaffeLog(f"{name}: no Caffe training lines found")
+    return evaluate(builder.traces, parser.stats, config, name, error)
+
+
+def evaluate(traces: Sequence[RunTrace], stats: ParseStats, config: Config, name: str,
+             error: str | None = None) -> Diagnosis:
+    """Run the rules over traces already built (``watch`` uses this on a live trace)."""
+    rules = [rule for rule in all_rules() if selected(rule, config)]
+    order = {rule.code: i for i, rule in enumerate(rules)}
+    findings: list[Finding] = []
+    for trace in traces:
+        if config.solver is not None:
+            trace.solver = config.solver
+        if config.net is not None:
+            trace.train_net = config.net
+        context = Context(config.explode_threshold, last_run=trace is traces[-1])
+        for rule in rules:
+            try:
+                findings.extend(rule.check(trace, context))
+            except Exception as exc:  # a rule bug must not hide the other findings
+                raise RuleError(f"rule {rule.name} ({rule.code}) failed: {exc!r}") from exc
+    findings.sort(key=lambda f: (-f.severity, f.run, order[f.code]))
+    return Diagnosis(name, findings, list(traces), stats, error)
+
+
+class RuleError(RuntimeError):
+    """A rule raised: a bug in caffelens, named so it can be reported."""
+
+
+__all__ = ["Config", "Diagnosis", "NotCaffeLog", "Severity", "diagnose", "evaluate"]

@@ -1,0 +1,96 @@
+"""Write records as JSON lines or CSV, and the train/test tables of Caffe's parse_log.py."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable
+from typing import TextIO
+
+from caffelens.records import LearningRate, Loss, Output, Record, SolverConfig, NetConfig
+
+
+def write_jsonl(records: Iterable[Record], out: TextIO) -> int:
+    """One JSON object per record; non-finite numbers as "nan"/"inf"/"-inf". Returns count."""
+    count = 0
+    for record in records:
+        out.write(json.dumps(record.to_dict(), separators=(",", ":")))
+        out.write("\n")
+        count += 1
+    return count
+
+
+_CSV_COLUMNS = (
+    "kind", "line", "run", "iteration", "phase", "net", "pass", "batch", "direction", "layer",
+    "blob", "role", "stat", "value", "name", "index", "weight",
+)
+
+
+def write_csv(records: Iterable[Record], out: TextIO) -> int:
+    """One row per value-carrying record (blob, loss, output, lr, net-norms, clip)."""
+    writer = csv.DictWriter(out, fieldnames=_CSV_COLUMNS, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    count = 0
+    for record in records:
+        if isinstance(record, (SolverConfig, NetConfig)):
+            continue
+        row = record.to_dict()
+        if record.kind == "net-norms":
+            for stat in ("l1_data", "l1_diff", "l2_data", "l2_diff"):
+                writer.writerow({**row, "stat": stat, "value": row[stat]})
+                count += 1
+            continue
+        if record.kind == "clip":
+            row["value"] = row["l2_norm"]
+        writer.writerow(row)
+        count += 1
+    return count
+
+
+def write_table(records: Iterable[Record], phase: str, out: TextIO) -> int:
+    """parse_log.py's CSV (NumIters, Seconds, LearningRate, one column per output), keeping
+    the NaN rows that parse_log.py drops."""
+    rows: dict[tuple[int, int], dict] = {}
+    names: list[str] = []
+    lr = math.nan
+    lrs: dict[tuple[int, int], float] = {}
+    for record in records:
+        if isinstance(record, LearningRate):
+            lr = record.value
+            lrs[(record.run, record.iteration)] = record.value
+        elif isinstance(record, Output) and record.phase == phase and record.iteration is not None:
+            if phase == "test" and record.net != 0:
+                name = f"{record.name}#net{record.net}"
+            else:
+                name = record.name
+            key = (record.run, record.iteration)
+            row = rows.setdefault(key, {"NumIters": record.iteration, "Seconds": record.time,
+                                        "LearningRate": lr})
+            row.setdefault(name, record.value)
+            if name not in names:
+                names.append(name)
+        elif isinstance(record, Loss) and phase == "train":
+            key = (record.run, record.iteration)
+            rows.setdefault(key, {"NumIters": record.iteration, "Seconds": record.time,
+                                  "LearningRate": lr})
+    for key, row in rows.items():
+        if key in lrs and phase == "train":
+            row["LearningRate"] = lrs[key]
+    writer = csv.DictWriter(out, fieldnames=["NumIters", "Seconds", "LearningRate", *names],
+                            lineterminator="\n")
+    writer.writeheader()
+    for row in rows.values():
+        writer.writerow({k: _csv_number(v) for k, v in row.items()})
+    return len(rows)
+
+
+def _csv_number(value):
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return f"{value:g}" if abs(value) >= 1e-4 or value == 0 else repr(value)
+    return "" if value is None else value

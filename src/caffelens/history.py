@@ -1,0 +1,227 @@
+"""Collect parsed records into per-run traces: the series and first events the rules read.
+
+Training debug values are kept per blob as numpy series (one value per displayed iteration,
+last pass of the iteration); test-phase values are not stored, only their first non-finite
+and first exploding value. That keeps memory proportional to layers × displays, not to lines.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from caffelens.prototxt import LayerDef, NetDefinition, SolverSettings
+from caffelens.records import (
+    BlobValue,
+    Crash,
+    Finished,
+    GradientClip,
+    LearningRate,
+    Loss,
+    NetConfig,
+    NetNorms,
+    Output,
+    Record,
+    Resume,
+    SolverConfig,
+    TestStart,
+    TopShape,
+)
+
+BlobKey = tuple[str, str, str, str, str]
+"""(direction, layer, role, blob, stat) — one printed series."""
+
+
+@dataclass
+class Series:
+    """Values of one blob statistic over displayed iterations (train phase)."""
+
+    iterations: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+
+    def add(self, iteration: int | None, value: float, line: int) -> None:
+        if iteration is None:
+            return
+        if self.iterations and self.iterations[-1] == iteration:
+            # iter_size > 1: keep the last pass of the iteration
+            self.values[-1], self.lines[-1] = value, line
+            return
+        self.iterations.append(iteration)
+        self.values.append(value)
+        self.lines.append(line)
+
+    def array(self) -> np.ndarray:
+        return np.asarray(self.values, dtype=float)
+
+
+@dataclass
+class RunTrace:
+    """Everything the rules need to know about one training run in a log."""
+
+    run: int
+    solver: SolverSettings | None = None
+    train_net: NetDefinition | None = None
+    test_nets: list[NetDefinition] = field(default_factory=list)
+    losses: list[Loss] = field(default_factory=list)
+    outputs: list[Output] = field(default_factory=list)
+    lrs: list[LearningRate] = field(default_factory=list)
+    tests: list[TestStart] = field(default_factory=list)
+    clips: list[GradientClip] = field(default_factory=list)
+    norms: list[NetNorms] = field(default_factory=list)
+    crashes: list[Crash] = field(default_factory=list)
+    finished: Finished | None = None
+    resume: Resume | None = None
+    shapes: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
+    series: dict[BlobKey, Series] = field(default_factory=dict)
+    blob_count: int = 0
+    first_nonfinite: BlobValue | None = None
+    first_nonfinite_norms: NetNorms | None = None
+    nonfinite_layers: dict[tuple[int | None, str], set[str]] = field(default_factory=dict)
+    """(iteration, phase) -> layers with a non-finite value in it."""
+    first_large: BlobValue | None = None
+    first_line: int | None = None
+    last_line: int | None = None
+    # the Forward/Backward block of one (iteration, pass), in print order, for context
+    onset_block: list[BlobValue] = field(default_factory=list)
+    _block_key: tuple | None = None
+    _block: list[BlobValue] = field(default_factory=list)
+
+    # -- derived facts ------------------------------------------------------------------
+
+    @property
+    def iterations(self) -> tuple[int | None, int | None]:
+        seen = [r.iteration for r in self.losses] + [t.iteration for t in self.tests]
+        return (min(seen), max(seen)) if seen else (None, None)
+
+    @property
+    def debug_info(self) -> bool:
+        return self.blob_count > 0
+
+    def layer(self, name: str) -> LayerDef | None:
+        return self.train_net.layer(name) if self.train_net is not None else None
+
+    def layer_type(self, name: str) -> str | None:
+        spec = self.layer(name)
+        if spec is None:
+            for net in self.test_nets:
+                spec = net.layer(name)
+                if spec is not None:
+                    break
+        return spec.type if spec is not None else None
+
+    def lr_at(self, iteration: int | None) -> float | None:
+        """The learning rate in effect at ``iteration`` (last lr line at or before it)."""
+        best = None
+        for lr in self.lrs:
+            if iteration is None or lr.iteration <= iteration:
+                best = lr.value
+        if best is None and self.solver is not None:
+            best = self.solver.base_lr
+        return best
+
+    def batch_size(self) -> int | None:
+        """First dimension of the train net's first data-layer top, from `Top shape` lines."""
+        if self.train_net is not None:
+            for spec in self.train_net.layers:
+                if spec.is_data() and self.shapes.get(spec.name):
+                    return self.shapes[spec.name][0][0] if self.shapes[spec.name][0] else None
+        return None
+
+    def train_outputs(self) -> list[Output]:
+        return [o for o in self.outputs if o.phase == "train"]
+
+
+class TraceBuilder:
+    """Feed records in log order; read ``traces`` (one per run) at the end."""
+
+    def __init__(self, explode_threshold: float = 1e8) -> None:
+        self.explode_threshold = explode_threshold
+        self.traces: list[RunTrace] = []
+        self._shapes_done: set[int] = set()
+
+    def trace(self, run: int) -> RunTrace:
+        while len(self.traces) <= run:
+            self.traces.append(RunTrace(len(self.traces)))
+        return self.traces[run]
+
+    def add_all(self, records: Iterable[Record]) -> list[RunTrace]:
+        for record in records:
+            self.add(record)
+        return self.traces
+
+    def add(self, record: Record) -> None:
+        trace = self.trace(record.run)
+        if trace.first_line is None:
+            trace.first_line = record.line
+        trace.last_line = record.line
+        kind = type(record)
+        if kind is BlobValue:
+            self._blob(trace, record)  # type: ignore[arg-type]
+        elif kind is Loss:
+            trace.losses.append(record)  # type: ignore[arg-type]
+        elif kind is Output:
+            trace.outputs.append(record)  # type: ignore[arg-type]
+        elif kind is LearningRate:
+            trace.lrs.append(record)  # type: ignore[arg-type]
+        elif kind is TestStart:
+            trace.tests.append(record)  # type: ignore[arg-type]
+        elif kind is GradientClip:
+            trace.clips.append(record)  # type: ignore[arg-type]
+        elif kind is NetNorms:
+            trace.norms.append(record)  # type: ignore[arg-type]
+            if trace.first_nonfinite_norms is None and not all(
+                math.isfinite(v)
+                for v in (record.l1_data, record.l1_diff, record.l2_data, record.l2_diff)
+            ):
+                trace.first_nonfinite_norms = record  # type: ignore[assignment]
+        elif kind is Crash:
+            trace.crashes.append(record)  # type: ignore[arg-type]
+        elif kind is Finished:
+            trace.finished = trace.finished or record  # type: ignore[assignment]
+        elif kind is Resume:
+            trace.resume = record  # type: ignore[assignment]
+        elif kind is SolverConfig:
+            trace.solver = record.settings  # type: ignore[attr-defined]
+        elif kind is NetConfig:
+            definition = record.definition  # type: ignore[attr-defined]
+            if record.phase == "test":  # type: ignore[attr-defined]
+                trace.test_nets.append(definition)
+            elif trace.train_net is None:
+                trace.train_net = definition
+        elif kind is TopShape:
+            # only the train net's shapes: it is set up first, test nets after
+            if trace.test_nets or record.layer is None:  # type: ignore[attr-defined]
+                return
+            trace.shapes.setdefault(record.layer, []).append(record.shape)  # type: ignore[attr-defined]
+
+    def _blob(self, trace: RunTrace, blob: BlobValue) -> None:
+        trace.blob_count += 1
+        value = blob.value
+        finite = math.isfinite(value)
+        if not finite:
+            key = (blob.iteration, blob.phase)
+            trace.nonfinite_layers.setdefault(key, set()).add(blob.layer)
+            if trace.first_nonfinite is None or blob.line < trace.first_nonfinite.line:
+                trace.first_nonfinite = blob
+        elif value >= self.explode_threshold and (
+            trace.first_large is None or blob.line < trace.first_large.line
+        ):
+            trace.first_large = blob
+        if blob.phase != "train":
+            return
+        block_key = (blob.iteration, blob.pass_index)
+        if block_key != trace._block_key:
+            trace._block_key = block_key
+            trace._block = []
+        trace._block.append(blob)
+        if trace.first_nonfinite is blob:
+            trace.onset_block = trace._block  # keeps growing until the block ends
+        key = (blob.direction, blob.layer, blob.role, blob.blob, blob.stat)
+        series = trace.series.get(key)
+        if series is None:
+            series = trace.series[key] = Series()
+        series.add(blob.iteration, value, blob.line)

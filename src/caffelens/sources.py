@@ -1,0 +1,140 @@
+"""Turn a path, a compressed file, a stream or an iterable into log lines, lazily.
+
+Logs are untrusted: bytes are decoded as UTF-8 with replacement, a line longer than
+``MAX_LINE`` characters is cut (the rest up to its newline is skipped, so memory stays bounded),
+``\\r\\n`` endings are stripped, and a line redrawn with lone ``\\r`` (progress bars) keeps what a
+terminal would show last.
+"""
+
+from __future__ import annotations
+
+import bz2
+import codecs
+import gzip
+import io
+import lzma
+import os
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO, TextIO, Union
+
+MAX_LINE = 1 << 20
+"""Longest line kept, in characters; no Caffe line comes near it."""
+
+CHUNK = 1 << 20
+
+Source = Union[str, os.PathLike, BinaryIO, TextIO, Iterable[str]]
+
+
+class InputError(Exception):
+    """The input cannot be read at all (missing, a directory, unreadable, corrupt archive)."""
+
+
+_MAGIC = (
+    (b"\x1f\x8b", gzip.open),
+    (b"BZh", bz2.open),
+    (b"\xfd7zXZ\x00", lzma.open),
+)
+
+
+def open_binary(path: str | os.PathLike) -> BinaryIO:
+    """Open a log file, decompressing gzip/bz2/xz by their magic bytes (not the name)."""
+    try:
+        raw = open(path, "rb")
+    except FileNotFoundError:
+        raise InputError(f"{os.fspath(path)}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{os.fspath(path)}: is a directory, not a log file") from None
+    except PermissionError:
+        raise InputError(f"{os.fspath(path)}: permission denied") from None
+    except OSError as exc:
+        raise InputError(f"{os.fspath(path)}: {exc.strerror or exc}") from None
+    head = raw.peek(8)[:8] if hasattr(raw, "peek") else b""
+    for magic, opener in _MAGIC:
+        if head.startswith(magic):
+            return opener(raw)  # type: ignore[operator]
+    return raw
+
+
+def iter_lines(source: Source, chunk_size: int = CHUNK) -> Iterator[str]:
+    """Yield the lines of ``source`` without their line endings."""
+    if isinstance(source, (str, os.PathLike)):
+        with open_binary(source) as stream:
+            yield from _split_binary(stream, chunk_size, os.fspath(source))
+        return
+    if isinstance(source, io.TextIOBase) or hasattr(source, "buffer"):
+        buffer = getattr(source, "buffer", None)
+        if buffer is not None:
+            yield from _split_binary(buffer, chunk_size, getattr(source, "name", "<stream>"))
+            return
+    if hasattr(source, "read"):
+        probe = source.read(0)  # type: ignore[union-attr]
+        if isinstance(probe, bytes):
+            yield from _split_binary(source, chunk_size, "<stream>")  # type: ignore[arg-type]
+        else:
+            yield from _split_text(iter(lambda: source.read(chunk_size), ""))  # type: ignore[union-attr]
+        return
+    yield from _split_text(source)  # type: ignore[arg-type]
+
+
+def _split_binary(stream: BinaryIO, chunk_size: int, name: str) -> Iterator[str]:
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def chunks() -> Iterator[str]:
+        while True:
+            try:
+                data = stream.read1(chunk_size) if hasattr(stream, "read1") else stream.read(chunk_size)
+            except (OSError, EOFError, lzma.LZMAError) as exc:
+                raise InputError(f"{name}: corrupt or truncated compressed data ({exc})") from None
+            if not data:
+                tail = decoder.decode(b"", final=True)
+                if tail:
+                    yield tail
+                return
+            yield decoder.decode(data)
+
+    yield from _split_text(chunks())
+
+
+def _split_text(pieces: Iterable[str]) -> Iterator[str]:
+    """Re-split arbitrary text pieces into lines, cutting over-long ones."""
+    pending: list[str] = []
+    pending_len = 0
+    skipping = False  # inside an over-long line, dropping text until its newline
+    for piece in pieces:
+        if not isinstance(piece, str):
+            piece = bytes(piece).decode("utf-8", "replace")
+        start = 0
+        while True:
+            end = piece.find("\n", start)
+            if end < 0:
+                if not skipping:
+                    rest = piece[start:]
+                    room = MAX_LINE - pending_len
+                    if len(rest) > room:
+                        rest = rest[:room]
+                        skipping = True
+                    if rest:
+                        pending.append(rest)
+                        pending_len += len(rest)
+                break
+            if not skipping:
+                part = piece[start:end]
+                room = MAX_LINE - pending_len
+                pending.append(part[:room] if len(part) > room else part)
+            yield _clean("".join(pending))
+            pending.clear()
+            pending_len = 0
+            skipping = False
+            start = end + 1
+    if pending:
+        yield _clean("".join(pending))
+
+
+def _clean(line: str) -> str:
+    if "\r" in line:
+        line = line.rstrip("\r")
+        if "\r" in line:
+            line = line.rsplit("\r", 1)[1] or line.replace("\r", "")
+    if "\x00" in line:
+        line = line.replace("\x00", "")
+    return line
