@@ -130,7 +130,10 @@ def evaluate(traces: Sequence[RunTrace], stats: ParseStats, config: Config, name
                 findings.extend(rule.check(trace, context))
             except Exception as exc:  # a rule bug must not hide the other findings
                 raise RuleError(f"rule {rule.name} ({rule.code}) failed: {exc!r}") from exc
-    findings.sort(key=lambda f: (-f.severity, f.run, order[f.code]))
+    # errors first; within a severity, the story in order: run, iteration, rule
+    findings.sort(key=lambda f: (-f.severity, f.run,
+                                 f.iteration if f.iteration is not None else math.inf,
+                                 order[f.code]))
     return Diagnosis(name, findings, list(traces), stats, error)
 
 

@@ -144,6 +144,7 @@ class TestStart(Record):
     time: float | None = None
 
     kind: ClassVar[str] = "test"
+    __test__: ClassVar[bool] = False  # not a pytest test class
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,8 @@ class LossDivergence(Rule):
         if len(hits) == 0 or len(values) - hits[0] < 2:
             return
         at = losses[int(hits[0])]
+        if not math.isfinite(at.value):
+            return  # a jump straight to NaN is nan-loss's finding
         minimum = float(running_min[hits[0]])
         lr = trace.lr_at(at.iteration)
         yield self.finding(

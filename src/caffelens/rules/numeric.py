@@ -317,10 +317,24 @@ class ZeroDiff(Rule):
                 by_layer.setdefault(layer, []).append(
                     (blob, zeros, len(values), series.lines[-zeros])
                 )
+        if not by_layer:
+            return
+        # one finding per place where the gradient stops, root layer (in net order) first
+        order = {spec.name: i for i, spec in enumerate(trace.train_net.layers)} \
+            if trace.train_net is not None else {}
+        groups: dict = {}
         for layer, params in by_layer.items():
-            yield self._finding(trace, layer, params)
+            series = trace.series[("backward", layer, "param", params[0][0], "diff")]
+            stop = _gradient_stop(trace, layer, series.iterations[-1]) or _dead_input(
+                trace, layer, series.iterations[-1])
+            groups.setdefault(stop, []).append(layer)
+        for stop, layers in groups.items():
+            layers.sort(key=lambda name: (order.get(name, len(order)), by_layer[name][0][3]))
+            yield self._finding(trace, layers, by_layer, stop)
 
-    def _finding(self, trace: RunTrace, layer: str, params: list) -> Finding:
+    def _finding(self, trace: RunTrace, layers: list[str], by_layer: dict, stop) -> Finding:
+        layer = layers[0]
+        params = by_layer[layer]
         layer_type = trace.layer_type(layer)
         blobs = ", ".join(p[0] for p in params)
         zeros, total, first_line = params[0][1], params[0][2], min(p[3] for p in params)
@@ -334,7 +348,10 @@ class ZeroDiff(Rule):
             f"of param blob{'s' if len(params) > 1 else ''} {blobs} is exactly 0 in {span} "
             f"(from iteration {start})."
         )
-        stop = _gradient_stop(trace, series.iterations[-1])
+        others = [f"{name} (param {', '.join(p[0] for p in by_layer[name])})"
+                  for name in layers[1:]]
+        if others:
+            message += f" Also without gradient: {', '.join(others)}."
         fix = (f"check the initialisation of {layer} (weight_filler/bias_filler) and lower "
                f"the learning rate; use ReLU negative_slope: 0.01 (leaky) or PReLU if ReLUs die")
         cause = None
@@ -347,7 +364,7 @@ class ZeroDiff(Rule):
                 cause = "dead-relu" if (stop_type or "ReLU") == "ReLU" else "zero-activation"
                 message += f": its top {stop_blob} is 0 in Forward — a dead "
                 message += "ReLU." if (stop_type or "ReLU") == "ReLU" else "layer."
-                bias = _bias_of_input(trace, stop_layer, series.iterations[-1])
+                bias = _bias_of_input(trace, stop_layer)
                 if bias is not None:
                     fix = (f"{bias[0]}'s bias has mean |b| = {fmt(bias[1])}: fix its bias_filler "
                            f"(e.g. constant 0 or 0.1) and weight init; " + fix.split("; ", 1)[1])
@@ -365,23 +382,68 @@ def _trailing_zeros(values: np.ndarray) -> int:
     return len(values) if len(nonzero) == 0 else len(values) - 1 - int(nonzero[-1])
 
 
-def _gradient_stop(trace: RunTrace, iteration: int) -> tuple[str, str, bool] | None:
-    """The first layer, in Backward print order, whose bottom diff is exactly 0."""
-    diffs = sorted(
-        (s.lines[s.iterations.index(iteration)], k[1], k[3], s.values[s.iterations.index(iteration)])
-        for k, s in trace.series.items()
-        if k[0] == "backward" and k[2] == "bottom" and iteration in s.iterations
-    )
-    for _line, layer, blob, value in diffs:
-        if value == 0:
-            top = [s for k, s in trace.series.items()
-                   if k[:3] == ("forward", layer, "top") and iteration in s.iterations]
-            dead = any(s.values[s.iterations.index(iteration)] == 0 for s in top)
-            return layer, blob, dead
+def _gradient_stop(trace: RunTrace, layer: str, iteration: int,
+                   depth: int = 0) -> tuple[str, str, bool] | None:
+    """Where the gradient flowing back to ``layer`` becomes exactly 0.
+
+    Follows ``layer``'s tops: the Backward lines that print a diff for a top blob, in print
+    order, run from the farthest consumer to the nearest (in-place layers reuse the name). The
+    first of them that is 0 after a non-zero one is where the gradient stops; when the first
+    is already 0, the stop is further up, behind that consumer.
+    """
+    spec = trace.layer(layer)
+    if spec is None or depth > 20:
+        return None
+    for top in spec.tops:
+        chain = sorted(
+            (s.lines[s.iterations.index(iteration)], k[1], s.values[s.iterations.index(iteration)])
+            for k, s in trace.series.items()
+            if k[0] == "backward" and k[2] == "bottom" and k[3] == top
+            and iteration in s.iterations and k[1] != layer
+        )
+        for position, (_line, consumer, value) in enumerate(chain):
+            if value != 0:
+                continue
+            if position == 0 and consumer != layer:
+                deeper = _gradient_stop(trace, consumer, iteration, depth + 1)
+                if deeper is not None:
+                    return deeper
+            top_series = [s for k, s in trace.series.items()
+                          if k[:3] == ("forward", consumer, "top") and iteration in s.iterations]
+            dead = any(s.values[s.iterations.index(iteration)] == 0 for s in top_series)
+            return consumer, top, dead
     return None
 
 
-def _bias_of_input(trace: RunTrace, layer: str, iteration: int) -> tuple[str, float] | None:
+def _dead_input(trace: RunTrace, layer: str, iteration: int) -> tuple[str, str, bool] | None:
+    """A weight gradient is 0 when the layer's input is all zeros: find the first layer, in
+    Forward print order, whose top is 0 — where the activations died."""
+    spec = trace.layer(layer)
+    if spec is None:
+        return None
+
+    def value(key) -> float | None:
+        s = trace.series.get(key)
+        return s.values[s.iterations.index(iteration)] if s and iteration in s.iterations else None
+
+    if not any(value(("forward", producer, "top", bottom, "data")) == 0
+               for bottom in spec.bottoms for producer in _producers(trace, bottom)):
+        return None
+    tops = sorted(
+        (s.lines[s.iterations.index(iteration)], k[1], k[3])
+        for k, s in trace.series.items()
+        if k[0] == "forward" and k[2] == "top" and iteration in s.iterations
+        and s.values[s.iterations.index(iteration)] == 0
+    )
+    return (tops[0][1], tops[0][2], True) if tops else None
+
+
+def _producers(trace: RunTrace, blob: str) -> list[str]:
+    return [spec.name for spec in trace.train_net.layers if blob in spec.tops] \
+        if trace.train_net is not None else []
+
+
+def _bias_of_input(trace: RunTrace, layer: str) -> tuple[str, float] | None:
     """The layer feeding ``layer`` and its bias magnitude, when the bias is unusually large."""
     spec = trace.layer(layer)
     if spec is None or not spec.bottoms or trace.train_net is None:
@@ -395,7 +457,7 @@ def _bias_of_input(trace: RunTrace, layer: str, iteration: int) -> tuple[str, fl
     if producer is None:
         return None
     series = trace.series.get(("forward", producer.name, "param", "1", "data"))
-    if series is None or not series.values or iteration not in series.iterations:
+    if series is None or not series.values:
         return None
-    value = series.values[series.iterations.index(iteration)]
+    value = series.values[0]  # as initialised: a bias that grew later is a symptom, not a cause
     return (producer.name, value) if value >= 1 else None
