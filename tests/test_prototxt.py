@@ -187,7 +187,7 @@ MALFORMED = [
     ("\x00", 1, 1, "Expected field name"),
     ("a: 1\nb: 2\n  c d: 3\ne: 4", 3, 5, "Expected ':' or '{'"),
     ("layer {\n  name: 'x'\n  type: \n}", 4, 1, "Expected value"),
-    ("I1125 22:24:32.984613 21757 solver.cpp:94] Creating training net", 1, 1, "Expected field"),
+    ("I1125 22:24:32.984613 21757 solver.cpp:94] Creating net", 1, 7, "Expected ':' or '{'"),
 ]
 
 
