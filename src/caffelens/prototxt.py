@@ -328,13 +328,20 @@ def parse_message(text: str, *, partial: bool = False) -> Message:
     return _parse(text, partial)[0]
 
 
+def _in_file(path: str | os.PathLike[str], exc: ProtoTextError) -> ProtoTextError:
+    """The same error, its message prefixed with the file name."""
+    error = ProtoTextError(f"{os.fspath(path)}: {exc}")
+    error.line, error.col = exc.line, exc.col
+    return error
+
+
 def read_prototxt(path: str | os.PathLike[str]) -> Message:
     """Parse a `.prototxt` file. Raises `OSError` or `ProtoTextError`."""
     text = Path(path).read_text(encoding="utf-8", errors="replace")
     try:
         return parse_message(text)
     except ProtoTextError as exc:
-        raise ProtoTextError(f"{os.fspath(path)}: {exc}") from None
+        raise _in_file(path, exc) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -515,7 +522,7 @@ def solver_from_file(path: str | os.PathLike[str]) -> SolverSettings:
     try:
         return solver_from_message(msg)
     except ProtoTextError as exc:
-        raise ProtoTextError(f"{os.fspath(path)}: {exc}") from None
+        raise _in_file(path, exc) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -770,4 +777,4 @@ def net_from_file(path: str | os.PathLike[str]) -> NetDefinition:
     try:
         return net_from_message(msg)
     except ProtoTextError as exc:
-        raise ProtoTextError(f"{os.fspath(path)}: {exc}") from None
+        raise _in_file(path, exc) from None

@@ -83,14 +83,17 @@ class LossDivergence(Rule):
             return
         values = np.array([r.value for r in losses], dtype=float)
         values[~np.isfinite(values)] = np.inf
+        values = _rolling_median(values, 5)  # the display loss of a small batch is noisy
         running_min = np.minimum.accumulate(values)
         first = values[0]
-        threshold = running_min + np.maximum(running_min, 0.5 * (first - running_min))
+        with np.errstate(invalid="ignore"):
+            threshold = running_min + np.maximum(2 * running_min, 0.5 * (first - running_min))
         above = values > threshold
         # first index from which every later loss stays above its threshold at that point
         stays = np.logical_and.accumulate(above[::-1])[::-1]
         hits = np.flatnonzero(stays)
-        if len(hits) == 0 or len(values) - hits[0] < 2:
+        # "stays there": at least 3 displays and 5% of the run, so noise at the end is not it
+        if len(hits) == 0 or len(values) - hits[0] < max(3, 0.05 * len(values)):
             return
         at = losses[int(hits[0])]
         if not math.isfinite(at.value):
@@ -100,10 +103,21 @@ class LossDivergence(Rule):
         yield self.finding(
             f"The loss diverges at iteration {at.iteration}: {fmt(at.value)} against a minimum "
             f"of {fmt(minimum)} so far, and it never comes back (last: "
-            f"{fmt(losses[-1].value)}); lr was {fmt(lr)} then.",
+            f"{fmt(losses[-1].value)}); lr was {fmt(lr)} then."
+            + (" The displayed loss even went negative, which a well-formed loss cannot: its "
+               "computation is numerically broken." if minimum < 0 else ""),
             trace, fix=lower_lr_fix(trace, at.iteration), iteration=at.iteration,
             phase="train", value=at.value, line=at.line,
         )
+
+
+def _rolling_median(values: np.ndarray, window: int) -> np.ndarray:
+    """Median of each value with the ``window - 1`` before it (fewer at the start)."""
+    if len(values) < window:
+        return values
+    padded = np.concatenate([np.full(window - 1, values[0]), values])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, window)
+    return np.median(windows, axis=1)
 
 
 @register

@@ -99,7 +99,7 @@ class NoDebugInfo(Rule):
     severity = Severity.INFO
 
     def check(self, trace: RunTrace, context: Context) -> Iterator[Finding]:
-        if trace.debug_info or not trace.losses:
+        if trace.debug_info or not trace.losses or not context.last_run:
             return
         yield self.finding(
             "The log has no per-layer debug values, so the layer where a problem starts "
