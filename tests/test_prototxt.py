@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -148,6 +149,29 @@ def test_structure(text, expected):
     assert parse_message(text) == expected
 
 
+def test_tabs_are_whitespace_and_kept_in_strings():
+    assert parse_message('a:\t"x\ty"\tb\t{\tc: 1 }') == {"a": ["x\ty"], "b": [{"c": [1]}]}
+    with pytest.raises(ProtoTextError) as info:
+        parse_message("a:\t\t@")
+    assert info.value.col == 5
+
+
+def test_results_are_plain_python():
+    message = parse_message((DATA / "dump_caffenetbench_solver_net_param.txt").read_text())
+    assert json.loads(json.dumps(message)) == message
+
+    def walk(value):
+        if isinstance(value, dict):
+            assert all(type(k) is str and type(v) is list for k, v in value.items())
+            for values in value.values():
+                for v in values:
+                    walk(v)
+        else:
+            assert type(value) in (int, float, bool, str)
+
+    walk(message)
+
+
 def test_debugstring_layout_and_free_layout_agree():
     """The one-line fast path and the general grammar must read the same message."""
     debugstring = (
@@ -191,7 +215,9 @@ MALFORMED = [
 ]
 
 
-@pytest.mark.parametrize(("text", "line", "col", "message"), MALFORMED, ids=[t[0] for t in MALFORMED])
+@pytest.mark.parametrize(
+    ("text", "line", "col", "message"), MALFORMED, ids=[t[0] for t in MALFORMED]
+)
 def test_malformed_input_raises_with_position(text, line, col, message):
     with pytest.raises(ProtoTextError, match=re.escape(message)) as info:
         parse_message(text)
@@ -245,7 +271,10 @@ def test_pathological_input_is_fast(text):
 # parse_message: truncated text (glog cuts messages at 30,000 bytes; a crash cuts a dump)
 
 TRUNCATED = [
-    ('layer {\n  name: "x"\n  param {\n    lr_mult: 1\n    de', {"layer": [{"name": ["x"], "param": [{"lr_mult": [1]}]}]}),
+    (
+        'layer {\n  name: "x"\n  param {\n    lr_mult: 1\n    de',
+        {"layer": [{"name": ["x"], "param": [{"lr_mult": [1]}]}]},
+    ),
     ('layer {\n  name: "x"\n  type: "xavie', {"layer": [{"name": ["x"]}]}),
     ('layer {\n  name: "x"\n  type: "xavier"', {"layer": [{"name": ["x"], "type": ["xavier"]}]}),
     # the last number might have lost digits (10 -> 1), so it is dropped
@@ -272,6 +301,21 @@ def test_partial_still_rejects_garbage_before_the_last_line():
         parse_message(text, partial=True)
     with pytest.raises(ProtoTextError, match="without a matching"):
         parse_message("a: 1\n}\nb {", partial=True)
+
+
+def test_partial_handles_statements_spanning_lines():
+    assert parse_message("x {\n a:\n 1", partial=True) == {"x": [{}]}
+    with pytest.raises(ProtoTextError, match="spans several lines"):
+        parse_message("x {\n a\n :\n\n \n 1", partial=True)
+
+
+def test_truncated_solver_dump():
+    text = (DATA / "dump_nvcaffe0173_solver.txt").read_text()
+    cut = text[: text.index("train_state {") + len("train_state {\n  level: 0")]
+    solver = solver_from_text(cut, partial=True)
+    assert solver.truncated and solver.base_lr == 0.001
+    assert solver.raw["train_state"] == [{}]  # `level: 0` may have been `level: 07`
+    assert not solver_from_text(text, partial=True).truncated
 
 
 def test_partial_on_complete_text_is_a_no_op():
@@ -347,7 +391,8 @@ def _render(message: dict, style: str, indent: int = 0) -> str:
         for value in values:
             if isinstance(value, dict):
                 opener = f"{name}: {{" if style == "commented" else f"{name} {{"
-                out.append(f"{pad}{opener}{note}{end}{_render(value, style, indent + 1)}{pad}}}{end}")
+                inner = _render(value, style, indent + 1)
+                out.append(f"{pad}{opener}{note}{end}{inner}{pad}}}{end}")
             else:
                 out.append(f"{pad}{name}: {_render_scalar(value)}{note}{end}")
     return "".join(out)
@@ -557,7 +602,8 @@ def test_multi_loss_train_dump():
     assert [l.name for l in net.layers if l.is_loss()] == ["aux_loss", "loss"]
     assert [l.name for l in net.layers if l.is_data()] == ["data"]
     assert all(layer.phase in (None, "TRAIN") for layer in net.layers)
-    assert net.layer("pool1").raw["pooling_param"] == [{"pool": ["MAX"], "kernel_size": [2], "stride": [2]}]
+    pooling = net.layer("pool1").raw["pooling_param"]
+    assert pooling == [{"pool": ["MAX"], "kernel_size": [2], "stride": [2]}]
 
 
 def test_dead_relu_net_file():
@@ -643,36 +689,37 @@ def test_v1_net_file():
 def test_v1_dump_puts_state_after_layers():
     net = net_from_text((DATA / "v1_dump_2014.txt").read_text())
     assert net.phase == "TRAIN"
-    assert [l.type for l in net.layers] == [
-        "ImageData", "Convolution", "ReLU", "Pooling", "InnerProduct", "SoftmaxWithLoss",
-    ]  # fmt: skip
+    types = ["ImageData", "Convolution", "ReLU", "Pooling", "InnerProduct", "SoftmaxWithLoss"]
+    assert [l.type for l in net.layers] == types
     assert net.layer("data").phase == "TRAIN"
     assert net.layer("conv1_1").params == (ParamSpec(None, 1.0, 1.0), ParamSpec(None, 2.0, 0.0))
     assert net.layer("loss").tops == () and net.layer("loss").is_loss()
 
 
-@pytest.mark.parametrize(
-    ("v1", "v2"),
-    [
-        ("CONVOLUTION", "Convolution"), ("INNER_PRODUCT", "InnerProduct"), ("RELU", "ReLU"),
-        ("POOLING", "Pooling"), ("SOFTMAX_LOSS", "SoftmaxWithLoss"), ("DATA", "Data"),
-        ("IMAGE_DATA", "ImageData"), ("HDF5_DATA", "HDF5Data"), ("ACCURACY", "Accuracy"),
-        ("LRN", "LRN"), ("DROPOUT", "Dropout"), ("CONCAT", "Concat"), ("SPLIT", "Split"),
-        ("EUCLIDEAN_LOSS", "EuclideanLoss"),
-        ("SIGMOID_CROSS_ENTROPY_LOSS", "SigmoidCrossEntropyLoss"), ("ELTWISE", "Eltwise"),
-        ("ELTWISE_PRODUCT", "Eltwise"), ("POWER", "Power"), ("EXP", "Exp"), ("LOG", "Log"),
-        ("ABSVAL", "AbsVal"), ("BNLL", "BNLL"), ("TANH", "TanH"), ("MVN", "MVN"),
-        ("IM2COL", "Im2col"), ("HDF5_OUTPUT", "HDF5Output"), ("DUMMY_DATA", "DummyData"),
-        ("MEMORY_DATA", "MemoryData"), ("WINDOW_DATA", "WindowData"), ("SILENCE", "Silence"),
-        ("MULTINOMIAL_LOGISTIC_LOSS", "MultinomialLogisticLoss"), ("THRESHOLD", "Threshold"),
-        ("DECONVOLUTION", "Deconvolution"), ("CONTRASTIVE_LOSS", "ContrastiveLoss"),
-        ("INFOGAIN_LOSS", "InfogainLoss"), ("HINGE_LOSS", "HingeLoss"), ("ARGMAX", "ArgMax"),
-        ("SLICE", "Slice"), ("FLATTEN", "Flatten"), ("SIGMOID", "Sigmoid"),
-        ("SOFTMAX", "Softmax"), ("NONE", ""),
-        ("4", "Convolution"), ("21", "SoftmaxWithLoss"), ("39", "Deconvolution"),
-        ("WARP_CTC_LOSS", "WarpCtcLoss"),  # unknown fork enum: CamelCased
-    ],
-)  # fmt: skip
+# fmt: off
+V1_TYPES = [
+    ("CONVOLUTION", "Convolution"), ("INNER_PRODUCT", "InnerProduct"), ("RELU", "ReLU"),
+    ("POOLING", "Pooling"), ("SOFTMAX_LOSS", "SoftmaxWithLoss"), ("DATA", "Data"),
+    ("IMAGE_DATA", "ImageData"), ("HDF5_DATA", "HDF5Data"), ("ACCURACY", "Accuracy"),
+    ("LRN", "LRN"), ("DROPOUT", "Dropout"), ("CONCAT", "Concat"), ("SPLIT", "Split"),
+    ("EUCLIDEAN_LOSS", "EuclideanLoss"),
+    ("SIGMOID_CROSS_ENTROPY_LOSS", "SigmoidCrossEntropyLoss"), ("ELTWISE", "Eltwise"),
+    ("ELTWISE_PRODUCT", "Eltwise"), ("POWER", "Power"), ("EXP", "Exp"), ("LOG", "Log"),
+    ("ABSVAL", "AbsVal"), ("BNLL", "BNLL"), ("TANH", "TanH"), ("MVN", "MVN"),
+    ("IM2COL", "Im2col"), ("HDF5_OUTPUT", "HDF5Output"), ("DUMMY_DATA", "DummyData"),
+    ("MEMORY_DATA", "MemoryData"), ("WINDOW_DATA", "WindowData"), ("SILENCE", "Silence"),
+    ("MULTINOMIAL_LOGISTIC_LOSS", "MultinomialLogisticLoss"), ("THRESHOLD", "Threshold"),
+    ("DECONVOLUTION", "Deconvolution"), ("CONTRASTIVE_LOSS", "ContrastiveLoss"),
+    ("INFOGAIN_LOSS", "InfogainLoss"), ("HINGE_LOSS", "HingeLoss"), ("ARGMAX", "ArgMax"),
+    ("SLICE", "Slice"), ("FLATTEN", "Flatten"), ("SIGMOID", "Sigmoid"),
+    ("SOFTMAX", "Softmax"), ("NONE", ""),
+    ("4", "Convolution"), ("21", "SoftmaxWithLoss"), ("39", "Deconvolution"),
+    ("WARP_CTC_LOSS", "WarpCtcLoss"),  # unknown fork enum: CamelCased
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("v1", "v2"), V1_TYPES)
 def test_v1_layer_types(v1, v2):
     net = net_from_text(f"layers {{ name: 'l' type: {v1} }}")
     assert net.layers[0].type == v2
@@ -690,7 +737,8 @@ def test_v0_layers():
         'layers { layer { name: "loss" type: "softmax_loss" } bottom: "fc8" bottom: "label" }'
     )
     conv1, loss = net.layers
-    assert (conv1.name, conv1.type, conv1.bottoms, conv1.tops) == ("conv1", "Convolution", ("data",), ("conv1",))
+    assert (conv1.name, conv1.type) == ("conv1", "Convolution")
+    assert (conv1.bottoms, conv1.tops) == (("data",), ("conv1",))
     assert conv1.params == (ParamSpec(None, 1.0, 1.0), ParamSpec(None, 2.0, 0.0))
     assert (loss.type, loss.is_loss()) == ("SoftmaxWithLoss", True)
 
@@ -835,7 +883,8 @@ def extract_dumps(lines: list[str]):
 def _shared_dumps() -> list[tuple[str, str, str]]:
     if not SHARED.is_dir():
         return []
-    logs = sorted((SHARED / "public-logs").glob("*.log")) + sorted((SHARED / "corpus").glob("*/*.log"))
+    logs = sorted((SHARED / "public-logs").glob("*.log"))
+    logs += sorted((SHARED / "corpus").glob("*/*.log"))
     dumps = []
     for log in logs:
         lines = log.read_text(encoding="utf-8", errors="replace").splitlines()

@@ -62,7 +62,8 @@ def to_number(text: str) -> float:
 _TAG = r"(?:[\[(]\d+(?:\.\d+)?[\])]\s*)?"  # NVCaffe 0.17 device tag: [0.0] train, (0.0) test
 
 _DEBUG = re.compile(
-    r"\s*" + _TAG + r"\[(Forward|Backward)\] Layer (\S+), (top|bottom|param) blob (\S+) "
+    r"\s*" + _TAG + r"(?:\[debug_info\] )?\[(Forward|Backward)\] Layer (\S+), "
+    r"(top|bottom|param) blob (\S+) "
     r"(data|diff): (\S+)(?: \((\S+)\))?\s*$"
 )
 _DEBUG_HEADER = re.compile(r"\s*\[(Forward|Backward)\] Layer (\S+)\s*$")

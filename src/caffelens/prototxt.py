@@ -24,6 +24,7 @@ from typing import Any
 import pyparsing as pp
 
 __all__ = [
+    "DATA_LAYER_TYPES",
     "MAX_DEPTH",
     "LayerDef",
     "NetDefinition",
@@ -66,10 +67,12 @@ _ESCAPE = re.compile(
     r"\\(?:([0-7]{1,3})|[xX]([0-9a-fA-F]{1,2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|(.))",
     re.DOTALL,
 )
+# fmt: off
 _SIMPLE_ESCAPES = {
     "n": b"\n", "t": b"\t", "r": b"\r", "a": b"\a", "b": b"\b", "f": b"\f", "v": b"\v",
     "\\": b"\\", "'": b"'", '"': b'"', "?": b"?",
-}  # fmt: skip
+}
+# fmt: on
 
 
 def _unescape(body: str) -> str:
@@ -130,8 +133,8 @@ def _field_statement(s: str, loc: int, toks: pp.ParseResults) -> list[tuple]:
     return [(_FIELD, toks["name"], values)]
 
 
-# Token patterns, shared by the general grammar and the one-line fast path below. Each
-# alternative starts with a distinct character class, so no pattern can backtrack badly.
+# Token patterns, shared by the general grammar and the one-line fast path below. No
+# repetition wraps alternatives that can match the same text, so matching stays linear.
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _STRING = r'"(?:[^"\\\n]|\\.)*"' r"|'(?:[^'\\\n]|\\.)*'"
 _NUMBER = (
@@ -219,7 +222,10 @@ def _build_grammar() -> pp.ParserElement:
 
     statement = one_line_statement | comment | general_statement
     end = pp.StringEnd().set_name("field name, '}' or end of text")
-    return (pp.ZeroOrMore(statement) + end).set_name("protobuf text")
+    document = (pp.ZeroOrMore(statement) + end).set_name("protobuf text")
+    document.parse_with_tabs()  # keep tabs inside strings, and columns true to the text
+    document.streamline()
+    return document
 
 
 _DOCUMENT = _build_grammar()
@@ -246,10 +252,10 @@ def _assemble(statements: pp.ParseResults, text: str, *, close_open: bool) -> tu
     current = root
     stack: list[tuple[Message, int]] = []
     for kind, name, payload in statements:
-        if kind is _FIELD:
+        if kind == _FIELD:
             if payload:
                 current.setdefault(name, []).extend(payload)
-        elif kind is _OPEN:
+        elif kind == _OPEN:
             if len(stack) >= MAX_DEPTH:
                 raise ProtoTextError(
                     f"messages nested deeper than {MAX_DEPTH} levels", **_position(text, payload)
@@ -295,21 +301,29 @@ def _parse(text: str, partial: bool) -> tuple[Message, bool]:
 
 def _parse_cut(text: str, error: ProtoTextError | None) -> tuple[Message, bool]:
     """A text that ends early: keep its last line only when that line ends in a token that
-    cannot have been cut (a quote or '}'); a trailing `lr_mult: 1` may have been `10`."""
+    cannot have been cut (a quote or '}'); a trailing `lr_mult: 1` may have been `10`, and an
+    opening `layer {` would only add an empty layer. A statement that spans lines (hand-written
+    text only) may need a line or two more dropped; the attempts are bounded so that a long
+    run of such lines cannot make this quadratic."""
     stripped = text.rstrip()
     head, _, last = stripped.rpartition("\n")
-    candidates = [head]
-    if last.endswith(("}", '"', "'")):
-        candidates.insert(0, stripped)
-    for candidate in candidates:
+    candidates = [stripped] if last.endswith(("}", '"', "'")) else []
+    candidates.append(head)
+    for _ in range(2):
+        head = head.rpartition("\n")[0]
+        candidates.append(head)
+    for candidate in dict.fromkeys(candidates):
         try:
             statements = _parse_strict(candidate)
         except pp.ParseBaseException:
             continue
         message, _ = _assemble(statements, candidate, close_open=True)
         return message, True
-    if error is None:  # unreachable in practice: the strict parse of the full text succeeded
-        raise ProtoTextError("cannot recover the truncated text")
+    if error is None:
+        error = ProtoTextError(
+            "text ends inside a statement that spans several lines",
+            **_position(text, len(text)),
+        )
     raise error
 
 
@@ -346,9 +360,6 @@ def read_prototxt(path: str | os.PathLike[str]) -> Message:
 
 # --------------------------------------------------------------------------------------------
 # Typed access to parsed messages
-
-_MISSING: Any = object()
-
 
 def _as_float(value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -400,10 +411,12 @@ def _all(msg: Message, key: str, convert) -> tuple:
 # --------------------------------------------------------------------------------------------
 # Solver
 
+# fmt: off
 _SOLVER_TYPES = {  # SolverParameter.SolverType enum (deprecated solver_type field) -> type
     "SGD": "SGD", "NESTEROV": "Nesterov", "ADAGRAD": "AdaGrad",
     "RMSPROP": "RMSProp", "ADADELTA": "AdaDelta", "ADAM": "Adam",
-}  # fmt: skip
+}
+# fmt: on
 _SOLVER_TYPE_NUMBERS = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 
 
@@ -528,12 +541,12 @@ def solver_from_file(path: str | os.PathLike[str]) -> SolverSettings:
 # --------------------------------------------------------------------------------------------
 # Net
 
+# fmt: off
+# Layer types that produce blobs from outside the net (forks add their own).
 DATA_LAYER_TYPES = frozenset({
     "Data", "ImageData", "HDF5Data", "MemoryData", "DummyData", "WindowData", "Input",
     "Python", "AnnotatedData", "VideoData", "MultiLabelData", "SegData", "ImageSegData",
-})  # fmt: skip
-"""Layer types that produce blobs from outside the net (forks add their own)."""
-
+})
 # V1LayerParameter.LayerType -> V2 type string, from Caffe's UpgradeV1LayerType, plus the
 # pre-2014-06 name ELTWISE_PRODUCT. Enum numbers map too, for hand-written files.
 _V1_TYPES = {
@@ -552,7 +565,7 @@ _V1_TYPES = {
     "TANH": "TanH", "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
     # not in BVLC's V1 enum, but in forks of that era
     "RESHAPE": "Reshape", "PRELU": "PReLU", "LOG": "Log", "BATCH_NORM": "BatchNorm",
-}  # fmt: skip
+}
 _V1_TYPE_NUMBERS = {
     0: "NONE", 1: "ACCURACY", 2: "BNLL", 3: "CONCAT", 4: "CONVOLUTION", 5: "DATA",
     6: "DROPOUT", 7: "EUCLIDEAN_LOSS", 8: "FLATTEN", 9: "HDF5_DATA", 10: "HDF5_OUTPUT",
@@ -562,7 +575,7 @@ _V1_TYPE_NUMBERS = {
     27: "SIGMOID_CROSS_ENTROPY_LOSS", 28: "HINGE_LOSS", 29: "MEMORY_DATA", 30: "ARGMAX",
     31: "THRESHOLD", 32: "DUMMY_DATA", 33: "SLICE", 34: "MVN", 35: "ABSVAL", 36: "SILENCE",
     37: "CONTRASTIVE_LOSS", 38: "EXP", 39: "DECONVOLUTION",
-}  # fmt: skip
+}
 # V0 (before 2014-03) layer type strings -> V1 enum names, from Caffe's UpgradeV0LayerType.
 _V0_TYPES = {
     "accuracy": "ACCURACY", "bnll": "BNLL", "concat": "CONCAT", "conv": "CONVOLUTION",
@@ -573,7 +586,8 @@ _V0_TYPES = {
     "multinomial_logistic_loss": "MULTINOMIAL_LOGISTIC_LOSS", "pool": "POOLING",
     "relu": "RELU", "sigmoid": "SIGMOID", "softmax": "SOFTMAX", "softmax_loss": "SOFTMAX_LOSS",
     "split": "SPLIT", "tanh": "TANH", "window_data": "WINDOW_DATA", "padding": "PADDING",
-}  # fmt: skip
+}
+# fmt: on
 _PHASES = ("TRAIN", "TEST")
 
 
@@ -748,12 +762,10 @@ def _layer_from_message(msg: Message, *, v1: bool) -> LayerDef:
 def net_from_message(msg: Message, *, truncated: bool = False) -> NetDefinition:
     """Build a `NetDefinition` from a `parse_message` result (e.g. a solver's ``net_param``)."""
     state = _last(msg, "state", _as_message)
-    if msg.get("layers"):  # V0/V1; like Caffe's upgrade, V2 `layer` entries are then ignored
-        layers = tuple(
-            _layer_from_message(_as_message(m, "layers"), v1=True) for m in msg["layers"]
-        )
-    else:
-        layers = tuple(_layer_from_message(_as_message(m, "layer"), v1=False) for m in msg.get("layer", ()))
+    # V0/V1 `layers`; like Caffe's upgrade, V2 `layer` entries are then ignored
+    v1 = bool(msg.get("layers"))
+    key = "layers" if v1 else "layer"
+    layers = tuple(_layer_from_message(_as_message(m, key), v1=v1) for m in msg.get(key, ()))
     return NetDefinition(
         name=_last(msg, "name", _as_str),
         layers=layers,

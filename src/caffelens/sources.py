@@ -73,7 +73,20 @@ def iter_lines(source: Source, chunk_size: int = CHUNK) -> Iterator[str]:
         else:
             yield from _split_text(iter(lambda: source.read(chunk_size), ""))  # type: ignore[union-attr]
         return
-    yield from _split_text(source)  # type: ignore[arg-type]
+    yield from _split_items(source)  # type: ignore[arg-type]
+
+
+def _split_items(items: Iterable[str]) -> Iterator[str]:
+    """An iterable of lines: each item is one line (its newline optional), cut if too long."""
+    for item in items:
+        if isinstance(item, (bytes, bytearray)):
+            item = bytes(item).decode("utf-8", "replace")
+        if item.endswith("\n"):
+            item = item[:-1]
+        if "\n" in item:
+            yield from _split_text((item,))
+        else:
+            yield _clean(item[:MAX_LINE])
 
 
 def _split_binary(stream: BinaryIO, chunk_size: int, name: str) -> Iterator[str]:
