@@ -416,7 +416,7 @@ def test_round_trip(message, style):
     assert parse_message(_render(message, style)) == _plain(message)
 
 
-@PROPERTY_SETTINGS
+@settings(PROPERTY_SETTINGS, max_examples=50)
 @given(messages, st.data())
 def test_any_prefix_parses_with_partial(message, data):
     text = _render(message, "debug")
