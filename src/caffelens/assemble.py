@@ -404,18 +404,19 @@ class Parser:
     def _finish_dump(self) -> Iterator[Record]:
         text, self._dump = "\n".join(self._dump or ()), None
         try:
+            # glog cuts a message at 30,000 bytes: big nets arrive truncated, keep what is there
             if self._dump_kind == "solver":
-                self.solver = solver_from_text(text)
+                self.solver = solver_from_text(text, partial=True)
                 record: Record = SolverConfig(self._dump_line, self.run, self.solver)
             else:
-                net = net_from_text(text)
+                net = net_from_text(text, partial=True)
                 if net.phase == "TEST":
                     self.test_nets.append(net)
-                else:
-                    self.train_net = net
+                elif net.phase == "TRAIN" or self.train_net is None:
+                    self.train_net = net  # (an LSTM's unrolled inner net has no phase)
                 record = NetConfig(self._dump_line, self.run,
                                    (net.phase or "TRAIN").lower(), net)
-        except (ProtoTextError, RecursionError):
+        except ProtoTextError:
             self.stats.bad_dumps += 1
             return
         yield record

@@ -190,7 +190,8 @@ class TraceBuilder:
             definition = record.definition  # type: ignore[attr-defined]
             if record.phase == "test":  # type: ignore[attr-defined]
                 trace.test_nets.append(definition)
-            elif trace.train_net is None:
+            elif trace.train_net is None or definition.phase == "TRAIN" and \
+                    trace.train_net.phase != "TRAIN":
                 trace.train_net = definition
         elif kind is TopShape:
             # only the train net's shapes: it is set up first, test nets after
