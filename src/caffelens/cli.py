@@ -54,7 +54,23 @@ def _codes(value: str | None) -> tuple[str, ...]:
     return tuple(c.strip() for c in (value or "").split(",") if c.strip())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class CaffelensGroup(click.Group):
+    """Maps outcomes to exit codes in one place, whoever calls the CLI (main, CliRunner)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Failed:
+            ctx.exit(EXIT_FINDINGS)
+        except (InputError, ConfigError) as exc:
+            click.echo(f"caffelens: error: {exc}", err=True)
+            ctx.exit(EXIT_ERROR)
+        except RuleError as exc:
+            click.echo(f"caffelens: internal error: {exc}", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+@click.group(cls=CaffelensGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="caffelens")
 def cli() -> None:
     """Find where and why a Caffe training run went wrong, from its log."""
@@ -186,10 +202,10 @@ _register_watch()
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code (only __main__ and the entry point exit)."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="caffelens",
-                 standalone_mode=False)
-    except Failed:
-        return EXIT_FINDINGS
+        code = cli.main(args=list(argv) if argv is not None else None, prog_name="caffelens",
+                        standalone_mode=False)
+        if isinstance(code, int):  # ctx.exit(n) inside a command
+            return code
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
@@ -197,12 +213,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except click.Abort:
         click.echo("Aborted.", err=True)
-        return EXIT_ERROR
-    except (InputError, ConfigError) as exc:
-        click.echo(f"caffelens: error: {exc}", err=True)
-        return EXIT_ERROR
-    except RuleError as exc:
-        click.echo(f"caffelens: internal error: {exc}", err=True)
         return EXIT_ERROR
     except BrokenPipeError:
         # the reader went away (`| head`): exit quietly, without the interpreter's warning

@@ -114,9 +114,11 @@ def diagnose(source: Source, config: Config | None = None, path: str | None = No
 
 
 def evaluate(traces: Sequence[RunTrace], stats: ParseStats, config: Config, name: str,
-             error: str | None = None) -> Diagnosis:
-    """Run the rules over traces already built (``watch`` uses this on a live trace)."""
-    rules = [rule for rule in all_rules() if selected(rule, config)]
+             error: str | None = None, live_only: bool = False) -> Diagnosis:
+    """Run the rules over traces already built (``watch`` uses this on a live trace, with
+    ``live_only`` while the log is still growing)."""
+    rules = [rule for rule in all_rules()
+             if selected(rule, config) and (rule.live or not live_only)]
     order = {rule.code: i for i, rule in enumerate(rules)}
     findings: list[Finding] = []
     for trace in traces:

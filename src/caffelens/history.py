@@ -43,7 +43,7 @@ class Series:
     values: list[float] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
 
-    def add(self, iteration: int | None, value: float, line: int) -> None:
+    def add(self, iteration: int | None, value: float, line: int, cap: int | None = None) -> None:
         if iteration is None:
             return
         if self.iterations and self.iterations[-1] == iteration:
@@ -53,9 +53,17 @@ class Series:
         self.iterations.append(iteration)
         self.values.append(value)
         self.lines.append(line)
+        if cap is not None and len(self.values) > cap:
+            for column in (self.iterations, self.values, self.lines):
+                thin(column)
 
     def array(self) -> np.ndarray:
         return np.asarray(self.values, dtype=float)
+
+
+def thin(column: list) -> None:
+    """Halve a history in place, keeping the first and last items: bounded memory, whole span."""
+    del column[1:-1:2]
 
 
 @dataclass
@@ -71,6 +79,8 @@ class RunTrace:
     lrs: list[LearningRate] = field(default_factory=list)
     tests: list[TestStart] = field(default_factory=list)
     clips: list[GradientClip] = field(default_factory=list)
+    clip_count: int = 0
+    """All clipping events, also those thinned out of ``clips``."""
     norms: list[NetNorms] = field(default_factory=list)
     crashes: list[Crash] = field(default_factory=list)
     finished: Finished | None = None
@@ -138,8 +148,10 @@ class RunTrace:
 class TraceBuilder:
     """Feed records in log order; read ``traces`` (one per run) at the end."""
 
-    def __init__(self, explode_threshold: float = 1e8) -> None:
+    def __init__(self, explode_threshold: float = 1e8, max_points: int | None = None) -> None:
         self.explode_threshold = explode_threshold
+        self.max_points = max_points
+        """Bound on every stored history (None: keep all); `watch` sets it for week-long runs."""
         self.traces: list[RunTrace] = []
         self._shapes_done: set[int] = set()
 
@@ -162,24 +174,25 @@ class TraceBuilder:
         if kind is BlobValue:
             self._blob(trace, record)  # type: ignore[arg-type]
         elif kind is Loss:
-            trace.losses.append(record)  # type: ignore[arg-type]
+            self._append(trace.losses, record)
         elif kind is Output:
-            trace.outputs.append(record)  # type: ignore[arg-type]
+            self._append(trace.outputs, record)
         elif kind is LearningRate:
-            trace.lrs.append(record)  # type: ignore[arg-type]
+            self._append(trace.lrs, record)
         elif kind is TestStart:
-            trace.tests.append(record)  # type: ignore[arg-type]
+            self._append(trace.tests, record)
         elif kind is GradientClip:
-            trace.clips.append(record)  # type: ignore[arg-type]
+            trace.clip_count += 1
+            self._append(trace.clips, record)
         elif kind is NetNorms:
-            trace.norms.append(record)  # type: ignore[arg-type]
+            self._append(trace.norms, record)
             if trace.first_nonfinite_norms is None and not all(
                 math.isfinite(v)
                 for v in (record.l1_data, record.l1_diff, record.l2_data, record.l2_diff)
             ):
                 trace.first_nonfinite_norms = record  # type: ignore[assignment]
         elif kind is Crash:
-            trace.crashes.append(record)  # type: ignore[arg-type]
+            self._append(trace.crashes, record)
         elif kind is Finished:
             trace.finished = trace.finished or record  # type: ignore[assignment]
         elif kind is Resume:
@@ -198,6 +211,11 @@ class TraceBuilder:
             if trace.test_nets or record.layer is None:  # type: ignore[attr-defined]
                 return
             trace.shapes.setdefault(record.layer, []).append(record.shape)  # type: ignore[attr-defined]
+
+    def _append(self, column: list, record: Record) -> None:
+        column.append(record)
+        if self.max_points is not None and len(column) > self.max_points:
+            thin(column)
 
     def _blob(self, trace: RunTrace, blob: BlobValue) -> None:
         trace.blob_count += 1
@@ -225,4 +243,4 @@ class TraceBuilder:
         series = trace.series.get(key)
         if series is None:
             series = trace.series[key] = Series()
-        series.add(blob.iteration, value, blob.line)
+        series.add(blob.iteration, value, blob.line, self.max_points)

@@ -108,39 +108,66 @@ def _split_binary(stream: BinaryIO, chunk_size: int, name: str) -> Iterator[str]
     yield from _split_text(chunks())
 
 
-def _split_text(pieces: Iterable[str]) -> Iterator[str]:
-    """Re-split arbitrary text pieces into lines, cutting over-long ones."""
-    pending: list[str] = []
-    pending_len = 0
-    skipping = False  # inside an over-long line, dropping text until its newline
-    for piece in pieces:
-        if not isinstance(piece, str):
-            piece = bytes(piece).decode("utf-8", "replace")
+class LineSplitter:
+    """Incremental splitter: feed text as it arrives, get the lines it completes.
+
+    A last line without its newline is held until the newline comes (or :meth:`flush`), so a
+    growing log is never parsed half a line at a time. Over-long lines are cut at MAX_LINE.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[str] = []
+        self._pending_len = 0
+        self._skipping = False  # inside an over-long line, dropping text until its newline
+
+    def feed(self, piece: str) -> list[str]:
+        out: list[str] = []
         start = 0
         while True:
             end = piece.find("\n", start)
             if end < 0:
-                if not skipping:
-                    rest = piece[start:]
-                    room = MAX_LINE - pending_len
-                    if len(rest) > room:
-                        rest = rest[:room]
-                        skipping = True
-                    if rest:
-                        pending.append(rest)
-                        pending_len += len(rest)
-                break
-            if not skipping:
-                part = piece[start:end]
-                room = MAX_LINE - pending_len
-                pending.append(part[:room] if len(part) > room else part)
-            yield _clean("".join(pending))
-            pending.clear()
-            pending_len = 0
-            skipping = False
+                self._hold(piece[start:])
+                return out
+            self._hold(piece[start:end])
+            out.append(_clean("".join(self._pending)))
+            self._pending.clear()
+            self._pending_len = 0
+            self._skipping = False
             start = end + 1
-    if pending:
-        yield _clean("".join(pending))
+
+    def flush(self) -> list[str]:
+        """End of input: the held partial line, if any."""
+        if not self._pending:
+            return []
+        line = _clean("".join(self._pending))
+        self._pending.clear()
+        self._pending_len = 0
+        self._skipping = False
+        return [line]
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._pending)
+
+    def _hold(self, text: str) -> None:
+        if self._skipping or not text:
+            return
+        room = MAX_LINE - self._pending_len
+        if len(text) > room:
+            text = text[:room]
+            self._skipping = True
+        self._pending.append(text)
+        self._pending_len += len(text)
+
+
+def _split_text(pieces: Iterable[str]) -> Iterator[str]:
+    """Re-split arbitrary text pieces into lines, cutting over-long ones."""
+    splitter = LineSplitter()
+    for piece in pieces:
+        if not isinstance(piece, str):
+            piece = bytes(piece).decode("utf-8", "replace")
+        yield from splitter.feed(piece)
+    yield from splitter.flush()
 
 
 def _clean(line: str) -> str:

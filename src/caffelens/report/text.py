@@ -106,26 +106,25 @@ def _test_summary(trace: RunTrace) -> str:
 
 
 def _findings_table(d: Diagnosis) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, expand=True, show_lines=False, pad_edge=False)
-    table.add_column("sev", no_wrap=True)
-    table.add_column("code", no_wrap=True)
+    table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False)
+    table.add_column("severity", no_wrap=True)
     table.add_column("iter", justify="right", no_wrap=True)
-    table.add_column("where", ratio=2)
-    table.add_column("what happened", ratio=5)
-    table.add_column("what to change", ratio=3)
+    table.add_column("where", ratio=1)
+    table.add_column("what happened · likely cause · what to change", ratio=3)
     for f in d.findings:
         what = Text(f.message)
         if f.likely_cause:
             what.append(f"\nlikely cause: {f.likely_cause}", style="italic")
         for item in f.evidence:
             what.append(f"\n• {item}", style="dim")
+        if f.fix:
+            what.append("\n→ ", style="bold")
+            what.append(f.fix, style="bold")
         table.add_row(
-            Text(str(f.severity), style=_STYLE[f.severity]),
-            f"{f.code}\n{f.rule}",
+            Text(f"{f.severity}\n{f.code}\n{f.rule}", style=_STYLE[f.severity]),
             "" if f.iteration is None else str(f.iteration),
             where(f) + (f"\nline {f.line}" if f.line else ""),
             what,
-            f.fix or "",
         )
     return table
 

@@ -83,6 +83,9 @@ class Rule:
     code: ClassVar[str]
     name: ClassVar[str]
     severity: ClassVar[Severity]
+    live: ClassVar[bool] = False
+    """True when a finding, once made, stays true as the log grows: `watch` reports it at once.
+    Other rules (a trend, "the log stops here") are only judged at the end of the input."""
 
     def check(self, trace: RunTrace, context: Context) -> Iterator[Finding]:
         raise NotImplementedError

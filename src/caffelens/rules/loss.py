@@ -26,6 +26,7 @@ class LossSaturated(Rule):
 
     code = "CL201"
     name = "loss-saturated"
+    live = True
     severity = Severity.WARNING
 
     def check(self, trace: RunTrace, context: Context) -> Iterator[Finding]:
@@ -185,6 +186,7 @@ class DominantLoss(Rule):
 
     code = "CL204"
     name = "dominant-loss"
+    live = True
     severity = Severity.WARNING
 
     def check(self, trace: RunTrace, context: Context) -> Iterator[Finding]:

@@ -70,6 +70,7 @@ class NanOnset(Rule):
 
     code = "CL101"
     name = "nan-onset"
+    live = True
     severity = Severity.ERROR
 
     def check(self, trace: RunTrace, context: Context) -> Iterator[Finding]:
@@ -187,6 +188,7 @@ class NanLoss(Rule):
 
     code = "CL102"
     name = "nan-loss"
+    live = True
     severity = Severity.ERROR
 
     def check(self, trace: RunTrace, context: Context) -> Iterator[Finding]:
@@ -237,6 +239,7 @@ class ExplodingValues(Rule):
 
     code = "CL103"
     name = "exploding-values"
+    live = True
     severity = Severity.WARNING
 
     def check(self, trace: RunTrace, context: Context) -> Iterator[Finding]:

@@ -20,6 +20,7 @@ class CrashRule(Rule):
 
     code = "CL401"
     name = "crash"
+    live = True
     severity = Severity.ERROR
 
     def check(self, trace: RunTrace, context: Context) -> Iterator[Finding]:

@@ -32,11 +32,12 @@ class GradientClipping(Rule):
         span = (last_it - first_it + 1) if first_it is not None and last_it is not None else None
         scales = [c.scale for c in clips if math.isfinite(c.scale)]
         smallest = min(scales) if scales else math.nan
-        share = len(clips) / span if span else None
+        count = max(trace.clip_count, len(clips))
+        share = count / span if span else None
         hard = (share is not None and share > 0.5) or not scales or smallest < 0.01
         first = clips[0]
-        how_often = (f"in {len(clips)} of ~{span} iterations ({share:.0%})" if share is not None
-                     else f"{len(clips)} times")
+        how_often = (f"in {count} of ~{span} iterations ({share:.0%})" if share is not None
+                     else f"{count} times")
         biggest = max((c.l2_norm for c in clips), default=math.nan)
         message = (
             f"Gradient clipping fired {how_often}: L2 norm up to {fmt(biggest)} against "
@@ -67,6 +68,7 @@ class LrAnomaly(Rule):
 
     code = "CL302"
     name = "lr-anomaly"
+    live = True
     severity = Severity.WARNING
 
     def check(self, trace: RunTrace, context: Context) -> Iterator[Finding]:
