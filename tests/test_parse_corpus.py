@@ -203,3 +203,12 @@ def test_every_record_has_valid_line_and_no_malformed(name, corpus_records):
 
 def test_clip_lines_absent_in_corpus(corpus_records):
     assert not of(corpus_records("lr_explode_nan"), GradientClip)
+
+
+@pytest.mark.parametrize("name", ["healthy", "lr_explode_nan", "nan_input", "dead_relu_zero_diff",
+                                  "multi_loss", "iter_size", "no_debug_info", "resume"])
+def test_fast_path_equals_reference_path(name):
+    """The skeleton cache for debug lines yields exactly the records of plain matching."""
+    fast = [r.to_dict() for r in caffelens.parse(corpus_log(name), caffelens.Parser(fast=True))]
+    slow = [r.to_dict() for r in caffelens.parse(corpus_log(name), caffelens.Parser(fast=False))]
+    assert fast == slow

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from caffelens import lines as L
@@ -97,7 +97,9 @@ class _Clock:
 class Parser:
     """Streaming parser: feed it lines, get records. Use :func:`parse` for the common case."""
 
-    def __init__(self) -> None:
+    def __init__(self, fast: bool = True) -> None:
+        self.fast = fast
+        """Use the skeleton cache for debug lines; False is the plain reference path."""
         self.stats = ParseStats()
         self.run = 0
         self.solver: SolverSettings | None = None
@@ -120,6 +122,8 @@ class Parser:
         self._test_outputs_seen = False
         self._multiline: tuple[str, str] | None = None  # NVCaffe 0.16 "[Forward] Layer L" header
         self._root_thread: int | None = None
+        self._skeletons: dict[str, tuple] = {}  # debug-line skeleton -> (direction, …, stat)
+        self._params: dict[tuple, tuple] = {}  # (phase, net, layer, printed param) -> (index, name)
         # start-up context
         self._dump: list[str] | None = None
         self._dump_kind = ""
@@ -129,9 +133,30 @@ class Parser:
 
     # -- public ---------------------------------------------------------------------------
 
-    def feed(self, text: str, number: int) -> Iterator[Record]:
-        """Consume one line (``number`` is 1-based) and yield the records it completes."""
+    def feed(self, text: str, number: int) -> Sequence[Record]:
+        """Consume one line (``number`` is 1-based); return the records it completes.
+
+        Fast path: debug lines repeat the same skeleton (`[Forward] Layer conv1, top blob conv1
+        data: `) every displayed iteration, so a skeleton seen once is looked up, not matched.
+        """
         self.stats.lines += 1
+        if self._dump is None and self.fast:
+            q = text.rfind(": ")
+            if q > 0:
+                entry = self._skeletons.get(_skeleton(text, q))
+                if entry is not None:
+                    value = text[q + 2:]
+                    if "_" not in value:
+                        try:
+                            number_value = float(value)
+                        except ValueError:
+                            pass
+                        else:
+                            self.stats.caffe_lines += 1
+                            return self._blob(*entry, number_value, number)
+        return list(self._feed(text, number))
+
+    def _feed(self, text: str, number: int) -> Iterator[Record]:
         prefix, message = L.split_prefix(text)
         if self._dump is not None:
             if prefix is None and L.looks_like_proto(text) and len(self._dump) < MAX_DUMP_LINES:
@@ -152,8 +177,21 @@ class Parser:
             self.stats.caffe_lines += 1
         else:
             time = self._clock.seconds(date, seconds)
+        if event[0] == "blob" and self.fast:
+            self._remember_skeleton(text, event)
         handler = getattr(self, "_on_" + event[0])
         yield from handler(event, number, time, thread)
+
+    def _remember_skeleton(self, text: str, event: tuple) -> None:
+        q = text.rfind(": ")
+        if q <= 0 or len(self._skeletons) > 100_000:
+            return
+        try:
+            value = float(text[q + 2:])
+        except ValueError:
+            return  # e.g. "7065.09 (0.140806)": always take the slow path
+        if value == event[6] or (value != value and event[6] != event[6]):
+            self._skeletons[_skeleton(text, q)] = event[1:6]
 
     def finish(self) -> Iterator[Record]:
         """End of input: complete a dump in progress and flush held-back debug values."""
@@ -165,7 +203,7 @@ class Parser:
 
     def _on_blob(self, event, number, time, thread):
         _, direction, layer, role, blob, stat, value = event
-        yield from self._blob(direction, layer, role, blob, stat, value, number)
+        return self._blob(direction, layer, role, blob, stat, value, number)
 
     def _on_blob_header(self, event, number, time, thread):
         self._multiline = (event[1], event[2])
@@ -179,7 +217,7 @@ class Parser:
         direction, layer = self._multiline
         yield from self._blob(direction, layer, role, blob, stat, value, number)
 
-    def _blob(self, direction, layer, role, blob, stat, value, number):
+    def _blob(self, direction, layer, role, blob, stat, value, number) -> Sequence[Record]:
         self._trained = True
         if self._phase == "test" and self._test_outputs_seen:
             self._phase = "train"  # the test is over; this is the next training block
@@ -189,11 +227,10 @@ class Parser:
                 self._batch += 1
                 self._batch_keys.clear()
             self._batch_keys.add(key)
-            yield self._blob_record(
+            return (self._blob_record(
                 number, self._test_iteration, "test", self._test_net, 0, self._batch,
                 direction, layer, role, blob, stat, value,
-            )
-            return
+            ),)
         if direction == "forward" and self._saw_backward:
             self._pass += 1
             self._saw_backward = False
@@ -203,7 +240,8 @@ class Parser:
             (number, direction, layer, role, blob, stat, value, self._pass)
         )
         if len(self._pending) >= MAX_PENDING:
-            yield from self._flush(self._predicted_iteration())
+            return list(self._flush(self._predicted_iteration()))
+        return ()
 
     def _on_input_blob(self, event, number, time, thread):
         return self._on_blob(event, number, time, thread)
@@ -258,7 +296,11 @@ class Parser:
                      direction, layer, role, blob, stat, value) -> BlobValue:
         index = name = None
         if role == "param":
-            index, name = self._resolve_param(phase, net, layer, blob)
+            key = (phase, net, layer, blob)
+            resolved = self._params.get(key)
+            if resolved is None:
+                resolved = self._params[key] = self._resolve_param(phase, net, layer, blob)
+            index, name = resolved
         return BlobValue(number, self.run, iteration, phase, net, pass_index, batch,
                          direction, layer, blob, role, stat, value, index, name)
 
@@ -403,6 +445,7 @@ class Parser:
 
     def _finish_dump(self) -> Iterator[Record]:
         text, self._dump = "\n".join(self._dump or ()), None
+        self._params.clear()  # a new net definition can name params differently
         try:
             # glog cuts a message at 30,000 bytes: big nets arrive truncated, keep what is there
             if self._dump_kind == "solver":
@@ -446,6 +489,13 @@ class Parser:
             self.solver = None
             self.train_net = None
             self.test_nets = []
+
+
+def _skeleton(text: str, colon: int) -> str:
+    """A debug line without its glog timestamp and value: `…651]     [Forward] Layer conv1,
+    top blob conv1 data`. Keeps the end of the prefix so the tag and direction are in it."""
+    end = text.find("] ")
+    return text[end - 12 if end >= 12 else 0:colon]
 
 
 def parse(source: Source, parser: Parser | None = None) -> Iterator[Record]:

@@ -166,7 +166,8 @@ class TraceBuilder:
         return self.traces
 
     def add(self, record: Record) -> None:
-        trace = self.trace(record.run)
+        traces = self.traces
+        trace = traces[record.run] if record.run < len(traces) else self.trace(record.run)
         if trace.first_line is None:
             trace.first_line = record.line
         trace.last_line = record.line

@@ -121,19 +121,23 @@ class LineSplitter:
         self._skipping = False  # inside an over-long line, dropping text until its newline
 
     def feed(self, piece: str) -> list[str]:
-        out: list[str] = []
-        start = 0
-        while True:
-            end = piece.find("\n", start)
-            if end < 0:
-                self._hold(piece[start:])
-                return out
-            self._hold(piece[start:end])
-            out.append(_clean("".join(self._pending)))
+        if "\n" not in piece:
+            self._hold(piece)
+            return []
+        lines = piece.split("\n")  # C speed; the last part is the start of an unfinished line
+        rest = lines.pop()
+        if self._pending or self._skipping:
+            self._hold(lines[0])
+            lines[0] = _clean("".join(self._pending))  # a "\r" may end the previous piece
             self._pending.clear()
             self._pending_len = 0
             self._skipping = False
-            start = end + 1
+        if len(piece) > MAX_LINE:
+            lines = [line[:MAX_LINE] for line in lines]
+        if "\r" in piece or "\x00" in piece:
+            lines = [_clean(line) for line in lines]
+        self._hold(rest)
+        return lines
 
     def flush(self) -> list[str]:
         """End of input: the held partial line, if any."""
