@@ -188,6 +188,49 @@ def explain_command(rule) -> None:
     click.echo(inspect.cleandoc(cls.__doc__ or ""))
 
 
+@cli.command("layers")
+@click.argument("log", metavar="LOG")
+@click.option("--stat", "stats", type=click.Choice(["forward", "backward", "ratio"]),
+              multiple=True, help="Panel(s) to show (default: forward and backward).")
+@click.option("--width", type=int, default=None, help="Columns (default: terminal width).")
+def layers_command(log, stats, width) -> None:
+    """Heatmap of per-layer magnitudes over iterations (log10 scale), findings marked."""
+    from rich.console import Console
+
+    from caffelens.pictures import render_layers
+
+    diagnosis = diagnose(_open_source(log), Config(), path=log if log != "-" else "<stdin>")
+    width = width or _terminal_width()
+    color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    console = Console(width=width, color_system="standard" if color else None,
+                      highlight=False, force_terminal=color or None)
+    console.print(render_layers(diagnosis, stats or ("forward", "backward"), width))
+
+
+@cli.command("compare")
+@click.argument("baseline", metavar="BASELINE")
+@click.argument("new", metavar="NEW")
+@click.option("--factor", type=float, default=10.0, show_default=True,
+              help="A per-layer magnitude this many times off the baseline is a departure.")
+@click.option("--margin", type=float, default=0.1, show_default=True,
+              help="Relative margin by which final loss/test outputs may be worse.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--width", type=int, default=None)
+def compare_command(baseline, new, factor, margin, fmt, width) -> None:
+    """Compare NEW against BASELINE; exit 1 when NEW is worse by the margin."""
+    import json
+
+    from caffelens.compare import compare, render_comparison
+
+    result = compare(baseline, new, factor, margin)
+    if fmt == "json":
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(render_comparison(result, width or _terminal_width()), nl=False)
+    if result.worse:
+        raise Failed()
+
+
 def _register_watch() -> None:
     try:
         from caffelens.watch import watch_command

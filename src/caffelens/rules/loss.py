@@ -82,9 +82,9 @@ class LossDivergence(Rule):
         losses = trace.losses
         if len(losses) < 3:
             return
-        values = np.array([r.value for r in losses], dtype=float)
-        values[~np.isfinite(values)] = np.inf
-        values = _rolling_median(values, 5)  # the display loss of a small batch is noisy
+        raw = np.array([r.value for r in losses], dtype=float)
+        raw[~np.isfinite(raw)] = np.inf
+        values = _rolling_median(raw, 5)  # the display loss of a small batch is noisy
         running_min = np.minimum.accumulate(values)
         first = values[0]
         with np.errstate(invalid="ignore"):
@@ -96,7 +96,13 @@ class LossDivergence(Rule):
         # "stays there": at least 3 displays and 5% of the run, so noise at the end is not it
         if len(hits) == 0 or len(values) - hits[0] < max(3, 0.05 * len(values)):
             return
-        at = losses[int(hits[0])]
+        start = int(hits[0])
+        # the median lags: report the first raw loss above the line in the window before
+        for k in range(max(0, start - 4), start + 1):
+            if np.all(raw[k:start + 1] > threshold[start]):
+                start = k
+                break
+        at = losses[start]
         if not math.isfinite(at.value):
             return  # a jump straight to NaN is nan-loss's finding
         minimum = float(running_min[hits[0]])
