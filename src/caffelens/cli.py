@@ -264,6 +264,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug in caffelens: one line, unless asked for the traceback
+        if os.environ.get("CAFFELENS_DEBUG"):
+            raise
+        click.echo(f"caffelens: internal error: {exc!r} (set CAFFELENS_DEBUG=1 for the "
+                   f"traceback, and please report it)", err=True)
+        return EXIT_ERROR
     return EXIT_OK
 
 

@@ -183,6 +183,16 @@ def render_layers(diagnosis: Diagnosis, stats: Sequence[str], width: int = 100) 
     panels = [p for p in panels if p.layers]
     if not panels:
         return Group(Text(f"{diagnosis.path}: no values for {', '.join(stats)}", style="yellow"))
+    # side by side, a row is the same layer in every panel
+    union = list(dict.fromkeys(n for p in panels for n in p.layers))
+    order = {name: i for i, name in enumerate(
+        [spec.name for spec in trace.train_net.layers] if trace.train_net else [])}
+    seen = {name: i for i, name in enumerate(union)}
+    union.sort(key=lambda name: (order.get(name, len(order)), seen[name]))
+    for panel in panels:
+        panel.layers = union
+        for name in union:
+            panel.values.setdefault(name, {})
     label_width = min(22, max(len(n) for p in panels for n in p.layers))
     iterations = sorted({i for p in panels for row in p.values.values() for i in row})
     findings = [f for f in diagnosis.findings if f.run == trace.run]
