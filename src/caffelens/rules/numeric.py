@@ -134,11 +134,18 @@ class NanOnset(Rule):
                 lower_lr_fix(trace, onset.iteration),
             )
         if forward_top:
-            bad_params = [
-                b for b in trace.onset_block
-                if b.layer == onset.layer and b.role == "param" and not math.isfinite(b.value)
-            ]
-            if bad_params:
+            params = [b for b in trace.onset_block
+                      if b.layer == onset.layer and b.role == "param"]
+            huge = [b for b in params if math.isfinite(b.value)
+                    and b.value >= context.explode_threshold]
+            if huge:
+                return (
+                    "gradient-explosion",
+                    f"the weights of {onset.layer} had already grown to {fmt(huge[0].value)} "
+                    f"(param blob {huge[0].blob})",
+                    lower_lr_fix(trace, onset.iteration),
+                )
+            if any(not math.isfinite(b.value) for b in params):
                 return (
                     "backward",
                     f"the weights of {onset.layer} were already non-finite: an update between "
