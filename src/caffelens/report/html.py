@@ -361,14 +361,41 @@ def _offaxis_marks(ax, bad: np.ndarray, zero: np.ndarray, log: bool):
     return handles
 
 
-def _auto_scale(ax, lines: Sequence[_Line], decades: float = 3.0) -> bool:
+def _auto_scale(ax, lines: Sequence[_Line], decades: float = 2.0) -> bool:
     """Log y when the positive values span more than ``decades``."""
     values = np.concatenate([ln.y for ln in lines]) if lines else np.empty(0)
     values = values[np.isfinite(values)]
     if values.size and (values > 0).all() and values.max() / values.min() > 10 ** decades:
-        ax.set_yscale("log")
+        _log_axis(ax)
         return True
     return False
+
+
+def _log_axis(ax) -> None:
+    """A log y axis labelled 0.01 … 1000, 1e-7, 1e8 (plain text: no mathtext, which is slow
+    to lay out); minor ticks are labelled only when the view spans less than a decade."""
+    from matplotlib.ticker import Formatter
+
+    class Decades(Formatter):
+        def __init__(self, minor: bool) -> None:
+            self.minor = minor
+
+        def __call__(self, value: float, pos: int | None = None) -> str:
+            if not (value > 0 and math.isfinite(value)):
+                return ""
+            if self.minor:
+                lo, hi = self.axis.get_view_interval()
+                if not (lo > 0 and hi > 0) or math.log10(hi / lo) >= 1:
+                    return ""
+                return f"{value:.3g}"
+            exponent = round(math.log10(value))
+            if -2 <= exponent <= 3:
+                return f"{value:g}"
+            return f"1e{exponent}"
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(Decades(False))
+    ax.yaxis.set_minor_formatter(Decades(True))
 
 
 def _finding_marks(ax, findings: Sequence[Finding]) -> list[tuple[float, str, str]]:
@@ -393,7 +420,7 @@ def _label_marks(fig, pending: list[tuple[Any, list[tuple[float, str, str]]]]) -
     first so positions are final)."""
     if not any(marks for _, marks in pending):
         return
-    fig.canvas.draw()
+    fig.get_layout_engine().execute(fig)  # final positions, without rendering
     for ax, marks in pending:
         lo, hi = ax.get_xlim()
         last = -math.inf
@@ -405,7 +432,7 @@ def _label_marks(fig, pending: list[tuple[Any, list[tuple[float, str, str]]]]) -
             at = max(px + 2, last + step)
             last = at
             text = ax.annotate(_plain(label), xy=(x, 1), xycoords=("data", "axes fraction"),
-                               xytext=(at - px, -4), textcoords="offset points",
+                               xytext=(at - px, -11), textcoords="offset points",
                                rotation=90, ha="left", va="top", fontsize=7, color=color,
                                annotation_clip=False, zorder=6,
                                bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none",
@@ -438,7 +465,7 @@ def _plot_loss(ax, trace: RunTrace, findings) -> tuple[list, list]:
                                  ls=(0, (1, 1.5)), label="lr (right axis)")[0])
         finite = lr.y[np.isfinite(lr.y)]
         if finite.size and (finite > 0).all() and finite.max() / finite.min() > 10:
-            twin.set_yscale("log")
+            _log_axis(twin)
         twin.set_ylabel("learning rate", color=_LR_COLOR)
         twin.tick_params(axis="y", colors=_LR_COLOR)
         bad.append(lr.bad)
@@ -475,27 +502,36 @@ def _plot_layers(axes, panels: Sequence[_LayerPanel], findings) -> tuple[list, l
             handle = _draw_line(ax, line, color=colors[layer], lw=1.2,
                                 ls=styles[(index // 10) % len(styles)] if len(layers) > 10
                                 else "-")
-            label = line.label
+            # the legend names each layer's first nan/inf (else first 0), over both panels
+            event = None
             if line.first_bad is not None:
-                label += f"  · {line.first_bad[1]}@{line.first_bad[0]}"
+                event = (0, line.first_bad[0], panel.direction, line.first_bad[1])
             elif line.zero.size:
-                label += f"  · 0@{int(line.zero[0])}"
-            # the legend keeps the forward label; a backward-only note is appended
+                event = (1, int(line.zero[0]), panel.direction, "0")
             if layer not in legend:
-                legend[layer] = (handle, label)
-            elif label != legend[layer][1] and "·" in label and "·" not in legend[layer][1]:
-                legend[layer] = (legend[layer][0], label)
+                legend[layer] = [handle, line.label, event]
+            elif event is not None and (legend[layer][2] is None or event < legend[layer][2]):
+                legend[layer][2] = event
             bad.append(line.bad)
             zero.append(line.zero)
-        ax.set_yscale("log")
+        _log_axis(ax)
         for h in _offaxis_marks(ax, np.concatenate(bad) if bad else np.empty(0),
                                 np.concatenate(zero) if zero else np.empty(0), log=True):
             extra.setdefault(h.get_label(), h)
         ax.set_title(panel.title, loc="left")
         ax.set_xlabel("iteration")
         pending.append((ax, _finding_marks(ax, findings)))
+    both = len(panels) > 1
+    labels = []
+    for layer in layers:
+        _, label, event = legend[layer]
+        if event is not None:
+            label += f"  · {event[3]}@{event[1]}"
+            if both:
+                label += " fwd" if event[2] == "forward" else " bwd"
+        labels.append(_plain(label))
     handles = [legend[layer][0] for layer in layers] + list(extra.values())
-    labels = [_plain(legend[layer][1]) for layer in layers] + list(extra)
+    labels += list(extra)
     return handles, labels, pending
 
 
@@ -504,7 +540,7 @@ def _plot_norms(ax, lines: Sequence[_Line], findings) -> tuple[list, list]:
     for i, line in enumerate(lines):
         handles.append(_draw_line(ax, line, color=("C0", "C3")[i % 2], lw=1.4,
                                   ls="-" if i % 2 == 0 else "--"))
-    ax.set_yscale("log")
+    _log_axis(ax)
     bad = np.concatenate([ln.bad for ln in lines])
     zero = np.concatenate([ln.zero for ln in lines])
     handles += _offaxis_marks(ax, bad, zero, log=True)
@@ -523,12 +559,12 @@ def _plot_clipping(axes, trace: RunTrace, findings) -> tuple[list, list]:
     ax1, ax2 = axes
     handles = [_draw_line(ax1, norm, color="C0", lw=1.0, marker="." if dense else None, ms=3),
                _draw_line(ax1, threshold, color="#333333", lw=1.0, ls="--")]
-    ax1.set_yscale("log")
+    _log_axis(ax1)
     ax1.set_title("gradient L2 norm vs clip_gradients", loc="left")
     handles += _offaxis_marks(ax1, norm.bad, norm.zero, log=True)
     handles.append(_draw_line(ax2, scale, color="C2", lw=1.0, marker="." if dense else None,
                               ms=3))
-    ax2.set_yscale("log")
+    _log_axis(ax2)
     ax2.set_title("scale factor applied to the gradients", loc="left")
     for ax in axes:
         ax.set_xlabel("iteration (estimated between display lines)")

@@ -42,9 +42,10 @@ def sparkline(values: Sequence[float], width: int = 40) -> str:
     return "".join(out)
 
 
-def where(f: Finding) -> str:
-    """phase · direction · layer · blob, skipping what is unknown."""
-    parts = [f.phase, f.direction.capitalize() if f.direction else None]
+def where(f: Finding, runs: int = 1) -> str:
+    """[run ·] phase · direction · layer · blob, skipping what is unknown."""
+    parts = [f"run {f.run}" if runs > 1 else None, f.phase,
+             f.direction.capitalize() if f.direction else None]
     if f.layer:
         parts.append(f"{f.layer} ({f.layer_type})" if f.layer_type else f.layer)
     if f.blob and f.blob != f.layer:
@@ -123,7 +124,7 @@ def _findings_table(d: Diagnosis) -> Table:
         table.add_row(
             Text(f"{f.severity}\n{f.code}\n{f.rule}", style=_STYLE[f.severity]),
             "" if f.iteration is None else str(f.iteration),
-            where(f) + (f"\nline {f.line}" if f.line else ""),
+            where(f, len(d.traces)) + (f"\nline {f.line}" if f.line else ""),
             what,
         )
     return table
@@ -187,7 +188,8 @@ def markdown(diagnoses: Sequence[Diagnosis], width: int = 100) -> str:
         for f in d.findings:
             message = f.message + (f" *Likely cause: {f.likely_cause}.*" if f.likely_cause else "")
             cells = [str(f.severity), f"{f.code} {f.rule}",
-                     "" if f.iteration is None else str(f.iteration), where(f), message,
+                     "" if f.iteration is None else str(f.iteration), where(f, len(d.traces)),
+                     message,
                      f.fix or ""]
             out.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ")
                                           for c in cells) + " |")

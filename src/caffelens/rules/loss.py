@@ -84,7 +84,8 @@ class LossDivergence(Rule):
             return
         raw = np.array([r.value for r in losses], dtype=float)
         raw[~np.isfinite(raw)] = np.inf
-        values = _rolling_median(raw, 5)  # the display loss of a small batch is noisy
+        # the display loss of a small batch is noisy: smooth it, less so for short runs
+        values = _rolling_median(raw, min(5, max(1, len(raw) // 10)))
         running_min = np.minimum.accumulate(values)
         first = values[0]
         with np.errstate(invalid="ignore"):
