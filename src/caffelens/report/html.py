@@ -50,13 +50,13 @@ _RC: dict[str, Any] = {
     "svg.hashsalt": "caffelens",     # stable ids (set per plot when saving)
     "font.family": "sans-serif",
     "font.sans-serif": ["DejaVu Sans", "Helvetica", "Arial", "Liberation Sans"],
-    "font.size": 9,
-    "axes.titlesize": 10,
-    "axes.labelsize": 9,
-    "xtick.labelsize": 8,
-    "ytick.labelsize": 8,
-    "legend.fontsize": 8,
-    "legend.title_fontsize": 8,
+    "font.size": 10,
+    "axes.titlesize": 10.5,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "legend.title_fontsize": 9,
     "legend.frameon": False,
     "axes.grid": True,
     "grid.alpha": 0.35,
@@ -416,15 +416,14 @@ def _finding_marks(ax, findings: Sequence[Finding]) -> list[tuple[float, str, st
 
 
 def _label_marks(fig, pending: list[tuple[Any, list[tuple[float, str, str]]]]) -> None:
-    """Rule names beside their markers, pushed right where they would overlap (needs a draw
-    first so positions are final)."""
+    """Rule names beside their markers, pushed right where they would overlap (the axes have
+    their final positions: the layout is fixed, see :class:`_Stack`)."""
     if not any(marks for _, marks in pending):
         return
-    fig.get_layout_engine().execute(fig)  # final positions, without rendering
     for ax, marks in pending:
         lo, hi = ax.get_xlim()
         last = -math.inf
-        step = 9.5  # points: one rotated line of 7-pt text
+        step = 10.5  # points: one rotated line of 8-pt text
         for x, label, color in marks:
             if not lo <= x <= hi:
                 continue
@@ -433,11 +432,10 @@ def _label_marks(fig, pending: list[tuple[Any, list[tuple[float, str, str]]]]) -
             last = at
             text = ax.annotate(_plain(label), xy=(x, 1), xycoords=("data", "axes fraction"),
                                xytext=(at - px, -11), textcoords="offset points",
-                               rotation=90, ha="left", va="top", fontsize=7, color=color,
+                               rotation=90, ha="left", va="top", fontsize=8, color=color,
                                annotation_clip=False, zorder=6,
                                bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none",
                                          alpha=0.75))
-            text.set_in_layout(False)
 
 
 def _plot_loss(ax, trace: RunTrace, findings) -> tuple[list, list]:
@@ -456,7 +454,6 @@ def _plot_loss(ax, trace: RunTrace, findings) -> tuple[list, list]:
             style.update(marker=".", ms=4)
         handles.append(_draw_line(ax, line, **style))
     _auto_scale(ax, lines)
-    ax.set_xlabel("iteration")
     ax.set_ylabel("loss / output")
     if lr is not None and len(lr.x):
         twin = ax.twinx()
@@ -466,6 +463,8 @@ def _plot_loss(ax, trace: RunTrace, findings) -> tuple[list, list]:
         finite = lr.y[np.isfinite(lr.y)]
         if finite.size and (finite > 0).all() and finite.max() / finite.min() > 10:
             _log_axis(twin)
+        elif finite.size and finite.min() >= 0 and finite.max() > 0:
+            twin.set_ylim(0, finite.max() * 1.15)
         twin.set_ylabel("learning rate", color=_LR_COLOR)
         twin.tick_params(axis="y", colors=_LR_COLOR)
         bad.append(lr.bad)
@@ -505,9 +504,9 @@ def _plot_layers(axes, panels: Sequence[_LayerPanel], findings) -> tuple[list, l
             # the legend names each layer's first nan/inf (else first 0), over both panels
             event = None
             if line.first_bad is not None:
-                event = (0, line.first_bad[0], panel.direction, line.first_bad[1])
+                event = (0, line.first_bad[0], panel.direction != "forward", line.first_bad[1])
             elif line.zero.size:
-                event = (1, int(line.zero[0]), panel.direction, "0")
+                event = (1, int(line.zero[0]), panel.direction != "forward", "0")
             if layer not in legend:
                 legend[layer] = [handle, line.label, event]
             elif event is not None and (legend[layer][2] is None or event < legend[layer][2]):
@@ -518,8 +517,7 @@ def _plot_layers(axes, panels: Sequence[_LayerPanel], findings) -> tuple[list, l
         for h in _offaxis_marks(ax, np.concatenate(bad) if bad else np.empty(0),
                                 np.concatenate(zero) if zero else np.empty(0), log=True):
             extra.setdefault(h.get_label(), h)
-        ax.set_title(panel.title, loc="left")
-        ax.set_xlabel("iteration")
+        ax.set_ylabel("mean |data|" if panel.direction == "forward" else "mean |diff|")
         pending.append((ax, _finding_marks(ax, findings)))
     both = len(panels) > 1
     labels = []
@@ -528,8 +526,8 @@ def _plot_layers(axes, panels: Sequence[_LayerPanel], findings) -> tuple[list, l
         if event is not None:
             label += f"  · {event[3]}@{event[1]}"
             if both:
-                label += " fwd" if event[2] == "forward" else " bwd"
-        labels.append(_plain(label))
+                label += " bwd" if event[2] else " fwd"
+        labels.append(_plain(_short(label)))
     handles = [legend[layer][0] for layer in layers] + list(extra.values())
     labels += list(extra)
     return handles, labels, pending
@@ -544,8 +542,7 @@ def _plot_norms(ax, lines: Sequence[_Line], findings) -> tuple[list, list]:
     bad = np.concatenate([ln.bad for ln in lines])
     zero = np.concatenate([ln.zero for ln in lines])
     handles += _offaxis_marks(ax, bad, zero, log=True)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("L2 norm (all net params)")
+    ax.set_ylabel("L2 norm")
     return handles, [(ax, _finding_marks(ax, findings))]
 
 
@@ -560,24 +557,76 @@ def _plot_clipping(axes, trace: RunTrace, findings) -> tuple[list, list]:
     handles = [_draw_line(ax1, norm, color="C0", lw=1.0, marker="." if dense else None, ms=3),
                _draw_line(ax1, threshold, color="#333333", lw=1.0, ls="--")]
     _log_axis(ax1)
-    ax1.set_title("gradient L2 norm vs clip_gradients", loc="left")
+    ax1.set_ylabel("L2 norm")
     handles += _offaxis_marks(ax1, norm.bad, norm.zero, log=True)
     handles.append(_draw_line(ax2, scale, color="C2", lw=1.0, marker="." if dense else None,
                               ms=3))
     _log_axis(ax2)
-    ax2.set_title("scale factor applied to the gradients", loc="left")
-    for ax in axes:
-        ax.set_xlabel("iteration (estimated between display lines)")
+    ax2.set_ylabel("scale factor")
     pending = [(ax, _finding_marks(ax, findings)) for ax in axes]
     return handles, pending
 
 
-def _legend(fig, handles: list, labels: list | None = None, title: str | None = None,
-            ncols: int = 1) -> None:
-    if labels is None:
-        labels = [h.get_label() for h in handles]
-    fig.legend(handles, labels, loc="outside right upper", title=title, ncols=ncols,
-               handlelength=2.2, borderaxespad=0.2, labelspacing=0.35)
+_WIDTH = 12.0
+"""Every figure is this wide (inches) with its axes at the same place, so iteration axes line
+up down the page: y labels in [0, _LEFT], axes in [_LEFT, _RIGHT], the right axis (lr) after
+it, legends from _KEY."""
+_LEFT, _RIGHT, _KEY = 0.95, 9.05, 9.75
+_TOP, _BOTTOM, _TITLE, _GAP = 0.12, 0.5, 0.3, 0.22
+_MAX_LABEL = 26
+
+
+class _Stack:
+    """Axes stacked on one iteration axis in a figure of fixed geometry (no layout engine:
+    deterministic and fast; the figure is scaled as a whole by the page)."""
+
+    def __init__(self, Figure, Canvas, heights: Sequence[float],
+                 titles: Sequence[str | None] | None = None, xlabel: str = "iteration",
+                 top: float = _TOP) -> None:
+        titles = list(titles or [None] * len(heights))
+        total = top + _BOTTOM + sum(heights) + sum(_TITLE for t in titles if t) \
+            + _GAP * (len(heights) - 1)
+        self.fig = Figure(figsize=(_WIDTH, total))
+        Canvas(self.fig)
+        self.height = total
+        self.axes = []
+        self.rows = []
+        y = total - top
+        for height, title in zip(heights, titles):
+            if title:
+                y -= _TITLE
+            y -= height
+            ax = self.fig.add_axes((_LEFT / _WIDTH, y / total, (_RIGHT - _LEFT) / _WIDTH,
+                                    height / total),
+                                   sharex=self.axes[0] if self.axes else None)
+            if title:
+                ax.set_title(_plain(title), loc="left", pad=4)
+            self.axes.append(ax)
+            self.rows.append((y + height + (_TITLE if title else 0), height))
+            y -= _GAP
+        for ax in self.axes[:-1]:
+            ax.tick_params(labelbottom=False)
+        self.axes[-1].set_xlabel(xlabel)
+
+    def legend(self, handles: list, labels: list | None = None, row: int = 0,
+               **kwargs) -> None:
+        """A legend right of the axes (and of a right axis), top-aligned with ``row``."""
+        if labels is None:
+            labels = [h.get_label() for h in handles]
+        top = self.rows[row][0]
+        self.fig.legend(handles, labels, loc="upper left",
+                        bbox_to_anchor=(_KEY / _WIDTH, top / self.height),
+                        borderaxespad=0, borderpad=0, handlelength=2.2, labelspacing=0.35,
+                        **kwargs)
+
+
+def _short(text: str, limit: int = _MAX_LABEL) -> str:
+    """Legend text that fits the legend column: long names lose their middle."""
+    head, sep, tail = text.partition("  · ")
+    if len(head) > limit:
+        keep = limit - 1
+        head = head[: keep - keep // 2] + "…" + head[len(head) - keep // 2:]
+    return head + sep + tail
 
 
 @dataclass
@@ -600,42 +649,38 @@ class _Renderer:
         self.trace = trace
         self.findings = [f for f in diagnosis.findings if f.run == trace.run]
 
-    def figure(self, width: float, height: float):
-        fig = self.Figure(figsize=(width, height), layout="constrained")
-        self.Canvas(fig)
-        fig.get_layout_engine().set(w_pad=0.04, h_pad=0.04)
-        return fig
+    def stack(self, heights, titles=None, xlabel: str = "iteration") -> _Stack:
+        return _Stack(self.Figure, self.Canvas, heights, titles, xlabel)
 
     def svg(self, fig, salt: str) -> str:
         buffer = io.StringIO()
         with self.mpl.rc_context({"svg.hashsalt": f"caffelens-{salt}"}):
             fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
-        return _inline_svg(buffer.getvalue(), salt)
+        return _inline_svg(buffer.getvalue())
 
     # each returns a _Plot with svg, or with a note when there is nothing to draw
 
     def loss(self, pid: str) -> _Plot:
         plot = _Plot(pid, "Loss, test outputs and learning rate",
-                     "Displayed train loss (smoothed over average_loss) and each test output; "
-                     "the learning rate on the right axis.")
-        lines, lr = _loss_lines(self.trace)
-        if not lines:
+                     "The displayed train loss (averaged over average_loss iterations) and each "
+                     "test output; the learning rate on the right axis.")
+        if not _loss_lines(self.trace)[0]:
             plot.note = _note_loss(self.trace)
             return plot
-        fig = self.figure(11, 3.6)
-        ax = fig.add_subplot()
-        handles, pending = _plot_loss(ax, self.trace, self.findings)
-        _legend(fig, handles)
-        _label_marks(fig, pending)
-        plot.svg = self.svg(fig, pid)
+        stack = self.stack([2.9])
+        handles, pending = _plot_loss(stack.axes[0], self.trace, self.findings)
+        stack.legend(handles)
+        _label_marks(stack.fig, pending)
+        plot.svg = self.svg(stack.fig, pid)
         return plot
 
     def layers(self, pid: str) -> _Plot:
         plot = _Plot(pid, "Per-layer values",
-                     "Mean absolute value per blob (Caffe's debug_info: asum/count), on a log "
-                     "axis; one line per layer in net order, the same colour in both panels. "
-                     "× at the top: NaN/Inf; ▾ at the bottom: exactly 0. The legend notes each "
-                     "layer's first nan/inf/0 as value@iteration.")
+                     "Mean absolute value of each blob (debug_info prints asum/count) on a log "
+                     "axis: one line per layer in net order, the same colour in both panels "
+                     "(a layer with several blobs shows its first, as layer:blob). "
+                     "× at the top: NaN/Inf; ▾ at the bottom: exactly 0. The legend gives "
+                     "each layer's first nan/inf (else 0) as value@iteration.")
         keep, total = _pick_layers(self.trace, self.findings)
         panels = [p for p in (_layer_panel(self.trace, d, keep) for d in _DIRECTIONS)
                   if p.lines]
@@ -647,36 +692,37 @@ class _Renderer:
                 f"Showing {len(keep)} of {total} layers: those named by findings or "
                 "non-finite first, then layers evenly spaced through the net.")
         count = len({layer for p in panels for layer, _ in p.lines})
-        ncols = 1 if count <= 16 else 2
-        fig = self.figure(12.5 if ncols == 2 else 11.5, 4.2)
-        axes = fig.subplots(1, len(panels), sharex=True, squeeze=False)[0]
-        handles, labels, pending = _plot_layers(axes, panels, self.findings)
-        _legend(fig, handles, labels, title="layer · first nan/inf/0", ncols=ncols)
-        _label_marks(fig, pending)
-        plot.svg = self.svg(fig, pid)
+        height = max(2.5, min(3.2, 0.15 * count))
+        stack = self.stack([height] * len(panels), [p.title for p in panels])
+        handles, labels, pending = _plot_layers(stack.axes, panels, self.findings)
+        stack.legend(handles, labels, title="layer · first nan/inf/0",
+                     fontsize=8 if count > 20 else 9)
+        _label_marks(stack.fig, pending)
+        plot.svg = self.svg(stack.fig, pid)
         return plot
 
     def norms(self, pid: str) -> _Plot:
         plot = _Plot(pid, "All net params: L2 norms",
-                     "`All net params (data, diff)` L2 norms from the Backward debug line, the "
-                     "last pass of each iteration, on a log axis.")
+                     "The `All net params (data, diff)` L2 norms of the Backward debug line "
+                     "(last pass of each iteration), on a log axis.")
         lines = _norm_lines(self.trace)
         if not lines:
             plot.note = _note_norms(self.trace)
             return plot
-        fig = self.figure(11, 3.2)
-        ax = fig.add_subplot()
-        handles, pending = _plot_norms(ax, lines, self.findings)
-        _legend(fig, handles)
-        _label_marks(fig, pending)
-        plot.svg = self.svg(fig, pid)
+        stack = self.stack([2.4])
+        handles, pending = _plot_norms(stack.axes[0], lines, self.findings)
+        stack.legend(handles)
+        _label_marks(stack.fig, pending)
+        plot.svg = self.svg(stack.fig, pid)
         return plot
 
     def clipping(self, pid: str) -> _Plot:
         trace = self.trace
         plot = _Plot(pid, "Gradient clipping",
                      "Each `Gradient clipping: scaling down gradients` event: the gradient L2 "
-                     "norm against the threshold, and the factor the update was scaled by.")
+                     "norm against the clip_gradients threshold, and the factor the update was "
+                     "scaled by. Only the event printed at a display line has a known "
+                     "iteration; the others are placed one iteration apart after it.")
         if not trace.clips:
             plot.note = _note_clipping(trace)
             return plot
@@ -684,23 +730,22 @@ class _Renderer:
             plot.extra.append(f"{trace.clip_count} events, {len(trace.clips)} kept (thinned).")
         else:
             plot.extra.append(f"{trace.clip_count} clipping events.")
-        fig = self.figure(11, 3.2)
-        axes = fig.subplots(1, 2, sharex=True)
-        handles, pending = _plot_clipping(axes, trace, self.findings)
-        _legend(fig, handles)
-        _label_marks(fig, pending)
-        plot.svg = self.svg(fig, pid)
+        stack = self.stack([1.9, 1.6], xlabel="iteration (estimated between display lines)")
+        handles, pending = _plot_clipping(stack.axes, trace, self.findings)
+        stack.legend(handles)
+        _label_marks(stack.fig, pending)
+        plot.svg = self.svg(stack.fig, pid)
         return plot
 
 
-def _inline_svg(svg: str, salt: str) -> str:
+def _inline_svg(svg: str) -> str:
     """matplotlib's SVG file → an element for the page: no XML prolog, DOCTYPE or metadata
     (they hold URLs), ids prefixed so several plots can share a page, scalable by CSS."""
     start = svg.index("<svg")
     svg = svg[start:]
     svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.S)
     svg = re.sub(r'\s(width|height)="[\d.]+pt"', "", svg, count=2)
-    svg = svg.replace("<svg ", f'<svg role="img" class="plot-svg" ', 1)
+    svg = svg.replace("<svg ", '<svg role="img" class="plot-svg" ', 1)
     return svg.strip()
 
 
@@ -869,49 +914,34 @@ def render_html(diagnosis: Diagnosis) -> str:
 def render_png(diagnosis: Diagnosis, path: str | os.PathLike | IO[bytes]) -> None:
     """One summary figure written to ``path`` as PNG: loss and lr, per-layer Forward and
     Backward values, and the net-param norms, stacked on one iteration axis (the last run of
-    the log), legends in a column on the right. Panels without data say why. Raises
-    :class:`MissingExtra` when matplotlib is not installed."""
+    the log). Panels without data say why. Raises :class:`MissingExtra` when matplotlib is
+    not installed."""
     mpl, Figure, Canvas = _matplotlib()
     d = diagnosis
     trace = d.last
     findings = [f for f in d.findings if trace is not None and f.run == trace.run]
     with mpl.style.context("default"), mpl.rc_context(_RC):
-        fig = Figure(figsize=(13, 15), layout="constrained")
-        Canvas(fig)
-        fig.suptitle(_plain(f"caffelens: {d.path} ({d.status})"), x=0.01, ha="left",
-                     fontsize=12, fontweight="bold")
-        grid = fig.add_gridspec(4, 2, width_ratios=[4.2, 1],
-                                height_ratios=[1, 1.1, 1.1, 0.85])
-        axes = [fig.add_subplot(grid[0, 0])]
-        axes += [fig.add_subplot(grid[i, 0], sharex=axes[0]) for i in (1, 2, 3)]
-        keys = [fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1:3, 1]),
-                fig.add_subplot(grid[3, 1])]
-        for key in keys:
-            key.set_axis_off()
+        titles = ["Loss, test outputs and learning rate", _DIRECTIONS["forward"][2],
+                  _DIRECTIONS["backward"][2], "All net params: L2 norms"]
+        stack = _Stack(Figure, Canvas, [2.6, 2.6, 2.6, 2.1], titles, top=0.45)
+        fig, axes = stack.fig, stack.axes
+        fig.text(0.15 / _WIDTH, 1 - 0.12 / stack.height, _plain(f"caffelens: {d.path} ({d.status})"),
+                 ha="left", va="top", fontsize=11, fontweight="bold")
         pending: list = []
 
-        def note(ax, title: str, text: str) -> None:
-            ax.set_title(title, loc="left")
+        def note(ax, text: str) -> None:
             ax.set_yticks([])
             ax.grid(False)
             ax.text(0.5, 0.5, _plain(text), ha="center", va="center", color="#5f6368",
                     fontsize=11, transform=ax.transAxes, style="italic")
 
-        def legend(key, handles, labels=None, **kwargs) -> None:
-            labels = labels if labels is not None else [h.get_label() for h in handles]
-            key.legend(handles, labels, loc="upper left", borderaxespad=0, handlelength=2.2,
-                       labelspacing=0.35, **kwargs)
-
         nothing = "no training run in the log"
-        # loss + lr
         if trace is not None and _loss_lines(trace)[0]:
             handles, marks = _plot_loss(axes[0], trace, findings)
-            axes[0].set_title("Loss, test outputs and learning rate", loc="left")
-            legend(keys[0], handles)
+            stack.legend(handles, row=0)
             pending += marks
         else:
-            note(axes[0], "Loss", _note_loss(trace) if trace else nothing)
-        # per-layer forward and backward
+            note(axes[0], _note_loss(trace) if trace else nothing)
         keep = _pick_layers(trace, findings) if trace is not None else (None, 0)
         drawn, drawn_axes = [], []
         for ax, direction in zip(axes[1:3], _DIRECTIONS):
@@ -919,28 +949,26 @@ def render_png(diagnosis: Diagnosis, path: str | os.PathLike | IO[bytes]) -> Non
             if panel is not None and panel.lines:
                 drawn.append(panel)
                 drawn_axes.append(ax)
+            elif trace is None:
+                note(ax, nothing)
             else:
-                text = (_note_layers(trace) if trace is not None and not trace.debug_info
-                        else f"no {direction} values" if trace is not None else nothing)
-                note(ax, _DIRECTIONS[direction][2], text)
+                note(ax, _note_layers(trace) if not trace.debug_info
+                     else f"no {direction} values in the train phase")
         if drawn:
             handles, labels, marks = _plot_layers(drawn_axes, drawn, findings)
             count = len({layer for p in drawn for layer, _ in p.lines})
             title = "layer · first nan/inf/0"
             if keep[0] is not None:
-                title += f"\n({len(keep[0])} of {keep[1]} layers)"
-            legend(keys[1], handles, labels, ncols=1 if count <= 24 else 2, title=title,
-                   fontsize=7 if count > 16 else 8)
+                title += f"\n({len(keep[0])} of {keep[1]} layers shown)"
+            stack.legend(handles, labels, row=1, title=title, fontsize=8 if count > 20 else 9)
             pending += marks
-        # norms
         lines = _norm_lines(trace) if trace is not None else []
         if lines:
             handles, marks = _plot_norms(axes[3], lines, findings)
-            axes[3].set_title("All net params: L2 norms", loc="left")
-            legend(keys[2], handles)
+            stack.legend(handles, row=3)
             pending += marks
         else:
-            note(axes[3], "All net params: L2 norms", _note_norms(trace) if trace else nothing)
+            note(axes[3], _note_norms(trace) if trace else nothing)
         _label_marks(fig, pending)
         fig.savefig(path, format="png", metadata={"Software": None})
 

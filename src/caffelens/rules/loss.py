@@ -31,18 +31,22 @@ class LossSaturated(Rule):
 
     def check(self, trace: RunTrace, context: Context) -> Iterator[Finding]:
         batch = trace.batch_size()
-        hits = []
+        hits: dict[str, list] = {}
+        totals: dict[str, int] = {}
         for output in trace.train_outputs():
             weight = output.weight
-            if not weight or not math.isfinite(output.value):
+            if not weight or not math.isfinite(output.value) or not _softmax_output(trace, output.name):
                 continue
+            totals[output.name] = totals.get(output.name, 0) + 1
             ratio = output.value / (SATURATED_LOSS * weight)
             if _is_saturated(ratio, batch):
-                hits.append(output)
-        if len(hits) < 2:
+                hits.setdefault(output.name, []).append(output)
+        # a saturated softmax stays saturated: a few coincidences in thousands are not it
+        name = max(hits, key=lambda n: len(hits[n]) / totals[n], default=None)
+        if name is None or len(hits[name]) < 2 or len(hits[name]) < 0.05 * totals[name]:
             return
-        first = hits[0]
-        share = f"{len(hits)} of {len(trace.train_outputs())} train outputs"
+        first = hits[name][0]
+        share = f"{len(hits[name])} of {totals[name]} displayed values of {name}"
         yield self.finding(
             f"Loss output {first.name} = {fmt(first.value)} at iteration {first.iteration} is "
             f"a multiple of 87.3365/batch (−ln FLT_MIN): the softmax is saturated by exploded "
@@ -51,6 +55,17 @@ class LossSaturated(Rule):
             phase="train", blob=first.name, value=first.value, line=first.line,
             likely_cause="gradient-explosion",
         )
+
+
+def _softmax_output(trace: RunTrace, blob: str) -> bool:
+    """True when ``blob`` is the top of a softmax loss layer, or when the net is unknown."""
+    if trace.train_net is None:
+        return True
+    for spec in trace.train_net.layers:
+        if blob in spec.tops:
+            return "Softmax" in spec.type or spec.type in ("MultinomialLogisticLoss",
+                                                           "InfogainLoss")
+    return True
 
 
 def _is_saturated(ratio: float, batch: int | None) -> bool:
@@ -85,7 +100,8 @@ class LossDivergence(Rule):
         raw = np.array([r.value for r in losses], dtype=float)
         raw[~np.isfinite(raw)] = np.inf
         # the display loss of a small batch is noisy: smooth it, less so for short runs
-        values = _rolling_median(raw, min(5, max(1, len(raw) // 10)))
+        window = 3 if len(raw) < 50 else 5
+        values = _rolling_median(raw, window)
         running_min = np.minimum.accumulate(values)
         first = values[0]
         with np.errstate(invalid="ignore"):
@@ -99,7 +115,7 @@ class LossDivergence(Rule):
             return
         start = int(hits[0])
         # the median lags: report the first raw loss above the line in the window before
-        for k in range(max(0, start - 4), start + 1):
+        for k in range(max(0, start - window + 1), start + 1):
             if np.all(raw[k:start + 1] > threshold[start]):
                 start = k
                 break
