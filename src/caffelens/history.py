@@ -8,6 +8,7 @@ and first exploding value. That keeps memory proportional to layers × displays,
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -39,9 +40,10 @@ BlobKey = tuple[str, str, str, str, str]
 class Series:
     """Values of one blob statistic over displayed iterations (train phase)."""
 
-    iterations: list[int] = field(default_factory=list)
-    values: list[float] = field(default_factory=list)
-    lines: list[int] = field(default_factory=list)
+    # compact typed arrays: a gigabyte log holds millions of these values
+    iterations: array = field(default_factory=lambda: array("q"))
+    values: array = field(default_factory=lambda: array("d"))
+    lines: array = field(default_factory=lambda: array("q"))
 
     def add(self, iteration: int | None, value: float, line: int, cap: int | None = None) -> None:
         if iteration is None:
@@ -61,7 +63,7 @@ class Series:
         return np.asarray(self.values, dtype=float)
 
 
-def thin(column: list) -> None:
+def thin(column) -> None:
     """Halve a history in place, keeping the first and last items: bounded memory, whole span."""
     del column[1:-1:2]
 
@@ -145,10 +147,16 @@ class RunTrace:
         return [o for o in self.outputs if o.phase == "train"]
 
 
+DIAGNOSE_POINTS = 8192
+"""History kept per series by `diagnose`: every display of most runs, and flat memory on huge
+logs (older points are thinned evenly, first and last kept)."""
+
+
 class TraceBuilder:
     """Feed records in log order; read ``traces`` (one per run) at the end."""
 
-    def __init__(self, explode_threshold: float = 1e8, max_points: int | None = None) -> None:
+    def __init__(self, explode_threshold: float = 1e8,
+                 max_points: int | None = DIAGNOSE_POINTS) -> None:
         self.explode_threshold = explode_threshold
         self.max_points = max_points
         """Bound on every stored history (None: keep all); `watch` sets it for week-long runs."""
