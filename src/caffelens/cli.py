@@ -231,6 +231,27 @@ def compare_command(baseline, new, factor, margin, fmt, width) -> None:
         raise Failed()
 
 
+@cli.command("report")
+@click.argument("log", metavar="LOG")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), required=True,
+              help="The file to write (report.html, or a .png with --format png).")
+@click.option("--format", "fmt", type=click.Choice(["html", "png"]), default="html",
+              help="A self-contained HTML report, or one summary figure as PNG.")
+def report_command(log, output, fmt) -> None:
+    """Write an HTML report with the diagnosis and plots (needs caffelens[report])."""
+    from caffelens.report.html import MissingExtra, render_html, render_png
+
+    diagnosis = diagnose(_open_source(log), Config(), path=log if log != "-" else "<stdin>")
+    try:
+        if fmt == "png":
+            render_png(diagnosis, output)
+        else:
+            Path(output).write_text(render_html(diagnosis), encoding="utf-8")
+    except MissingExtra as exc:
+        raise ConfigError(str(exc)) from None
+    click.echo(f"wrote {output}", err=True)
+
+
 def _register_watch() -> None:
     try:
         from caffelens.watch import watch_command

@@ -171,8 +171,7 @@ def _layer_panel(trace: RunTrace, direction: str, keep: Sequence[str] | None = N
             names = sorted(names, key=lambda b: declared.index(b) if b in declared
                            else len(declared))
         main = trace.series[(direction, layer, role, names[0], stat)]
-        label = layer if len(names) == 1 else f"{layer}:{names[0]}"
-        line = _line(label, main.iterations, main.values, log=True)
+        line = _line(layer, main.iterations, main.values, log=True)
         # a layer is non-finite where any of its blobs is
         for other in names[1:]:
             series = trace.series[(direction, layer, role, other, stat)]
@@ -189,13 +188,20 @@ def _layer_panel(trace: RunTrace, direction: str, keep: Sequence[str] | None = N
 
 
 def _net_order(trace: RunTrace, layers: Iterable[str]) -> list[str]:
-    """Layers in the train net's order; those the net does not name follow in log order."""
-    present = list(layers)
-    if trace.train_net is None:
-        return present
-    position = {spec.name: i for i, spec in enumerate(trace.train_net.layers)}
-    return sorted(present, key=lambda name: (position.get(name, len(position)),
-                                             present.index(name)))
+    """Layers in the order the net runs them: the order of the Forward debug lines, which
+    also places the Split layers Caffe inserts (absent from the prototxt); layers without a
+    Forward line follow in the train net's order, then in log order."""
+    present = list(dict.fromkeys(layers))
+    forward = list(dict.fromkeys(key[1] for key in trace.series if key[0] == "forward"))
+    declared = [spec.name for spec in trace.train_net.layers] if trace.train_net else []
+    rank: dict[str, tuple[int, int]] = {}
+    for i, name in enumerate(forward):
+        rank.setdefault(name, (0, i))
+    for i, name in enumerate(declared):
+        rank.setdefault(name, (1, i))
+    for i, name in enumerate(present):
+        rank.setdefault(name, (2, i))
+    return sorted(present, key=rank.__getitem__)
 
 
 def _pick_layers(trace: RunTrace, findings: Sequence[Finding], limit: int = MAX_LAYERS
@@ -232,10 +238,11 @@ def _pick_layers(trace: RunTrace, findings: Sequence[Finding], limit: int = MAX_
 def _loss_lines(trace: RunTrace) -> tuple[list[_Line], _Line | None]:
     """(train loss, train outputs when there are several, test outputs), and the lr."""
     lines = []
-    if trace.losses:
-        lines.append(_line("train loss", [r.iteration for r in trace.losses],
-                           [r.value for r in trace.losses]))
     train_names = list(dict.fromkeys(o.name for o in trace.outputs if o.phase == "train"))
+    if trace.losses:
+        label = "train loss (total)" if len(train_names) > 1 else "train loss"
+        lines.append(_line(label, [r.iteration for r in trace.losses],
+                           [r.value for r in trace.losses]))
     if len(train_names) > 1:
         for name in train_names:
             series = [o for o in trace.outputs
@@ -265,6 +272,24 @@ def _norm_lines(trace: RunTrace) -> list[_Line]:
     its = sorted(last)
     return [_line("L2 norm of data (weights)", its, [last[i].l2_data for i in its], log=True),
             _line("L2 norm of diff (gradients)", its, [last[i].l2_diff for i in its], log=True)]
+
+
+def _xlim(trace: RunTrace, findings: Sequence[Finding]) -> tuple[float, float]:
+    """One iteration range for every time plot of a run, so their axes line up down the
+    page: everything plotted, and the findings' iterations."""
+    seen = [r.iteration for r in trace.losses] + [r.iteration for r in trace.lrs]
+    seen += [o.iteration for o in trace.outputs if o.iteration is not None]
+    seen += [r.iteration for r in trace.norms if r.iteration is not None]
+    for series in trace.series.values():
+        if series.iterations:
+            seen += [series.iterations[0], series.iterations[-1]]
+    seen += [int(x) for x in _clip_positions(trace)]
+    seen += [f.iteration for f in findings if f.iteration is not None]
+    if not seen:
+        return (-0.5, 0.5)
+    lo, hi = min(seen), max(seen)
+    pad = (hi - lo) * 0.03 or 0.5
+    return (lo - pad, hi + pad)
 
 
 def _clip_positions(trace: RunTrace) -> list[float]:
@@ -383,15 +408,16 @@ def _log_axis(ax) -> None:
         def __call__(self, value: float, pos: int | None = None) -> str:
             if not (value > 0 and math.isfinite(value)):
                 return ""
+            exponent = math.floor(math.log10(value) + 1e-9)
+            mantissa = round(value / 10 ** exponent, 6)
             if self.minor:
                 lo, hi = self.axis.get_view_interval()
-                if not (lo > 0 and hi > 0) or math.log10(hi / lo) >= 1:
+                span = math.log10(hi / lo) if lo > 0 and hi > 0 else math.inf
+                if span >= 2.5 or (span >= 1 and mantissa not in (2, 5)):
                     return ""
-                return f"{value:.3g}"
-            exponent = round(math.log10(value))
             if -2 <= exponent <= 3:
-                return f"{value:g}"
-            return f"1e{exponent}"
+                return f"{mantissa * 10 ** exponent:.6g}"
+            return f"{mantissa:g}e{exponent}"
 
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(Decades(False))
@@ -446,7 +472,7 @@ def _plot_loss(ax, trace: RunTrace, findings) -> tuple[list, list]:
     for i, line in enumerate(lines):
         train = line.label.startswith("train")
         style = dict(lw=1.6 if i == 0 else 1.0, color=f"C{i}")
-        if not train:
+        if not train and len(line.x) <= 60:
             style.update(marker="o", ms=3.5)
         elif i > 0:
             style.update(ls="--")
@@ -474,33 +500,23 @@ def _plot_loss(ax, trace: RunTrace, findings) -> tuple[list, list]:
     return handles, [(ax, marks)]
 
 
-def _layer_colors(count: int):
-    import matplotlib
-
-    if count <= 10:
-        return [matplotlib.colormaps["tab10"](i) for i in range(count)]
-    if count <= 20:
-        return [matplotlib.colormaps["tab20"](i) for i in range(count)]
-    cmap = matplotlib.colormaps["turbo"]
-    return [cmap(0.05 + 0.9 * i / max(count - 1, 1)) for i in range(count)]
+def _layer_style(index: int) -> dict:
+    """tab10 colours; every further ten layers get the next dash pattern."""
+    dashes = ["-", (0, (5, 1.5)), (0, (1.2, 1.2)), (0, (6, 1.5, 1.2, 1.5))]
+    return {"color": f"C{index % 10}", "ls": dashes[(index // 10) % len(dashes)]}
 
 
 def _plot_layers(axes, panels: Sequence[_LayerPanel], findings) -> tuple[list, list, list]:
     """Forward/backward panels sharing one colour per layer; (handles, labels, pending)."""
     layers = list(dict.fromkeys(layer for p in panels for layer, _ in p.lines))
     # net order across both panels
-    colors = dict(zip(layers, _layer_colors(len(layers))))
-    styles = ["-", "--", "-.", ":"]
     legend: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     pending = []
     for ax, panel in zip(axes, panels):
         bad, zero = [], []
         for i, (layer, line) in enumerate(panel.lines):
-            index = layers.index(layer)
-            handle = _draw_line(ax, line, color=colors[layer], lw=1.2,
-                                ls=styles[(index // 10) % len(styles)] if len(layers) > 10
-                                else "-")
+            handle = _draw_line(ax, line, lw=1.3, **_layer_style(layers.index(layer)))
             # the legend names each layer's first nan/inf (else first 0), over both panels
             event = None
             if line.first_bad is not None:
@@ -536,8 +552,9 @@ def _plot_layers(axes, panels: Sequence[_LayerPanel], findings) -> tuple[list, l
 def _plot_norms(ax, lines: Sequence[_Line], findings) -> tuple[list, list]:
     handles = []
     for i, line in enumerate(lines):
-        handles.append(_draw_line(ax, line, color=("C0", "C3")[i % 2], lw=1.4,
-                                  ls="-" if i % 2 == 0 else "--"))
+        dashed = i % 2 == 1 and len(line.x) <= 300  # dashes turn to noise on long runs
+        handles.append(_draw_line(ax, line, color=("C0", "C3")[i % 2], lw=1.4 if i == 0 else 1.1,
+                                  ls="--" if dashed else "-"))
     _log_axis(ax)
     bad = np.concatenate([ln.bad for ln in lines])
     zero = np.concatenate([ln.zero for ln in lines])
@@ -562,18 +579,21 @@ def _plot_clipping(axes, trace: RunTrace, findings) -> tuple[list, list]:
     handles.append(_draw_line(ax2, scale, color="C2", lw=1.0, marker="." if dense else None,
                               ms=3))
     _log_axis(ax2)
+    seen = {h.get_label() for h in handles}
+    handles += [h for h in _offaxis_marks(ax2, scale.bad, scale.zero, log=True)
+                if h.get_label() not in seen]
     ax2.set_ylabel("scale factor")
     pending = [(ax, _finding_marks(ax, findings)) for ax in axes]
     return handles, pending
 
 
-_WIDTH = 12.0
+_WIDTH = 12.6
 """Every figure is this wide (inches) with its axes at the same place, so iteration axes line
 up down the page: y labels in [0, _LEFT], axes in [_LEFT, _RIGHT], the right axis (lr) after
 it, legends from _KEY."""
-_LEFT, _RIGHT, _KEY = 0.95, 9.05, 9.75
+_LEFT, _RIGHT, _KEY = 0.95, 9.1, 9.8
 _TOP, _BOTTOM, _TITLE, _GAP = 0.12, 0.5, 0.3, 0.22
-_MAX_LABEL = 26
+_MAX_LABEL = 20
 
 
 class _Stack:
@@ -648,6 +668,7 @@ class _Renderer:
         self.diagnosis = diagnosis
         self.trace = trace
         self.findings = [f for f in diagnosis.findings if f.run == trace.run]
+        self.xlim = _xlim(trace, self.findings)
 
     def stack(self, heights, titles=None, xlabel: str = "iteration") -> _Stack:
         return _Stack(self.Figure, self.Canvas, heights, titles, xlabel)
@@ -670,6 +691,7 @@ class _Renderer:
         stack = self.stack([2.9])
         handles, pending = _plot_loss(stack.axes[0], self.trace, self.findings)
         stack.legend(handles)
+        stack.axes[0].set_xlim(*self.xlim)
         _label_marks(stack.fig, pending)
         plot.svg = self.svg(stack.fig, pid)
         return plot
@@ -678,7 +700,7 @@ class _Renderer:
         plot = _Plot(pid, "Per-layer values",
                      "Mean absolute value of each blob (debug_info prints asum/count) on a log "
                      "axis: one line per layer in net order, the same colour in both panels "
-                     "(a layer with several blobs shows its first, as layer:blob). "
+                     "(a layer with several blobs shows its first). "
                      "× at the top: NaN/Inf; ▾ at the bottom: exactly 0. The legend gives "
                      "each layer's first nan/inf (else 0) as value@iteration.")
         keep, total = _pick_layers(self.trace, self.findings)
@@ -697,6 +719,7 @@ class _Renderer:
         handles, labels, pending = _plot_layers(stack.axes, panels, self.findings)
         stack.legend(handles, labels, title="layer · first nan/inf/0",
                      fontsize=8 if count > 20 else 9)
+        stack.axes[0].set_xlim(*self.xlim)
         _label_marks(stack.fig, pending)
         plot.svg = self.svg(stack.fig, pid)
         return plot
@@ -712,6 +735,7 @@ class _Renderer:
         stack = self.stack([2.4])
         handles, pending = _plot_norms(stack.axes[0], lines, self.findings)
         stack.legend(handles)
+        stack.axes[0].set_xlim(*self.xlim)
         _label_marks(stack.fig, pending)
         plot.svg = self.svg(stack.fig, pid)
         return plot
@@ -733,6 +757,7 @@ class _Renderer:
         stack = self.stack([1.9, 1.6], xlabel="iteration (estimated between display lines)")
         handles, pending = _plot_clipping(stack.axes, trace, self.findings)
         stack.legend(handles)
+        stack.axes[0].set_xlim(*self.xlim)
         _label_marks(stack.fig, pending)
         plot.svg = self.svg(stack.fig, pid)
         return plot
@@ -925,8 +950,9 @@ def render_png(diagnosis: Diagnosis, path: str | os.PathLike | IO[bytes]) -> Non
                   _DIRECTIONS["backward"][2], "All net params: L2 norms"]
         stack = _Stack(Figure, Canvas, [2.6, 2.6, 2.6, 2.1], titles, top=0.45)
         fig, axes = stack.fig, stack.axes
-        fig.text(0.15 / _WIDTH, 1 - 0.12 / stack.height, _plain(f"caffelens: {d.path} ({d.status})"),
-                 ha="left", va="top", fontsize=11, fontweight="bold")
+        fig.text(0.15 / _WIDTH, 1 - 0.12 / stack.height,
+                 _plain(f"caffelens: {d.path} ({d.status})"), ha="left", va="top",
+                 fontsize=11, fontweight="bold")
         pending: list = []
 
         def note(ax, text: str) -> None:
@@ -969,6 +995,8 @@ def render_png(diagnosis: Diagnosis, path: str | os.PathLike | IO[bytes]) -> Non
             pending += marks
         else:
             note(axes[3], _note_norms(trace) if trace else nothing)
+        if trace is not None:
+            axes[0].set_xlim(*_xlim(trace, findings))
         _label_marks(fig, pending)
         fig.savefig(path, format="png", metadata={"Software": None})
 
