@@ -99,3 +99,20 @@ def test_threshold_is_configurable(corpus_diagnosis):
     (explode,) = by_rule(d, "exploding-values")
     assert explode.iteration > 2 and explode.value >= 1e12
     assert math.isfinite(explode.value)
+
+
+@pytest.mark.parametrize("name", ["healthy", "lr_explode_nan", "nan_input", "dead_relu_zero_diff",
+                                  "multi_loss", "iter_size", "no_debug_info", "resume"])
+def test_blob_sink_equals_records(name):
+    """diagnose's direct path (debug values into the traces, no records) = building from records."""
+    from caffelens.engine import evaluate
+    from caffelens.history import TraceBuilder
+
+    from conftest import corpus_log
+
+    parser = caffelens.Parser()
+    traces = TraceBuilder().add_all(caffelens.parse(corpus_log(name), parser))
+    via_records = evaluate(traces, parser.stats, caffelens.Config(), "x")
+    direct = caffelens.diagnose(corpus_log(name), path="x")
+    assert [f.to_dict() for f in direct.findings] == [f.to_dict() for f in via_records.findings]
+    assert direct.summary() == via_records.summary()

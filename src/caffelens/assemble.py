@@ -97,9 +97,12 @@ class _Clock:
 class Parser:
     """Streaming parser: feed it lines, get records. Use :func:`parse` for the common case."""
 
-    def __init__(self, fast: bool = True) -> None:
+    def __init__(self, fast: bool = True, blob_sink=None) -> None:
         self.fast = fast
         """Use the skeleton cache for debug lines; False is the plain reference path."""
+        self.blob_sink = blob_sink
+        """Called with a debug value's fields (BlobValue's order, without the param ones)
+        instead of building a record: `diagnose` keeps only what its rules need."""
         self.stats = ParseStats()
         self.run = 0
         self.solver: SolverSettings | None = None
@@ -227,10 +230,10 @@ class Parser:
                 self._batch += 1
                 self._batch_keys.clear()
             self._batch_keys.add(key)
-            return (self._blob_record(
+            return self._emit_blob(
                 number, self._test_iteration, "test", self._test_net, 0, self._batch,
                 direction, layer, role, blob, stat, value,
-            ),)
+            )
         if direction == "forward" and self._saw_backward:
             self._pass += 1
             self._saw_backward = False
@@ -249,14 +252,14 @@ class Parser:
     def _on_update(self, event, number, time, thread):
         _, layer, param, data, diff = event
         for stat, value in (("data", data), ("diff", diff)):
-            yield self._blob_record(
+            yield from self._emit_blob(
                 number, self._last_display, "train", 0, 0, None,
                 "update", layer, "param", param, stat, value,
             )
 
     def _on_update_shared(self, event, number, time, thread):
         _, layer, param, _owner, _owner_param, diff = event
-        yield self._blob_record(
+        yield from self._emit_blob(
             number, self._last_display, "train", 0, 0, None,
             "update", layer, "param", param, "diff", diff,
         )
@@ -287,10 +290,20 @@ class Parser:
                 yield NetNorms(number, self.run, iteration, pass_index, l1d, l1g, l2d, l2g, thread)
             else:
                 number, direction, layer, role, blob, stat, value, pass_index = item
-                yield self._blob_record(
+                yield from self._emit_blob(
                     number, iteration, "train", 0, pass_index, None,
                     direction, layer, role, blob, stat, value,
                 )
+
+    def _emit_blob(self, number, iteration, phase, net, pass_index, batch,
+                   direction, layer, role, blob, stat, value) -> tuple:
+        """The record for one debug value, or nothing when a ``blob_sink`` takes it."""
+        if self.blob_sink is not None:
+            self.blob_sink(number, self.run, iteration, phase, net, pass_index, batch,
+                           direction, layer, blob, role, stat, value)
+            return ()
+        return (self._blob_record(number, iteration, phase, net, pass_index, batch,
+                                  direction, layer, role, blob, stat, value),)
 
     def _blob_record(self, number, iteration, phase, net, pass_index, batch,
                      direction, layer, role, blob, stat, value) -> BlobValue:

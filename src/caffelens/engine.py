@@ -95,8 +95,8 @@ def diagnose(source: Source, config: Config | None = None, path: str | None = No
     :class:`NotCaffeLog` when it holds no Caffe line.
     """
     config = config or Config()
-    parser = Parser()
     builder = TraceBuilder(config.explode_threshold)
+    parser = Parser(blob_sink=builder.blob)  # debug values go straight into the traces
     name = path or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<stdin>")
     error = None
     try:

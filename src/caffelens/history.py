@@ -98,9 +98,14 @@ class RunTrace:
     first_line: int | None = None
     last_line: int | None = None
     # the Forward/Backward block of one (iteration, pass), in print order, for context
-    onset_block: list[BlobValue] = field(default_factory=list)
+    _onset_raw: list[tuple] = field(default_factory=list)
     _block_key: tuple | None = None
-    _block: list[BlobValue] = field(default_factory=list)
+    _block: list[tuple] = field(default_factory=list)
+
+    @property
+    def onset_block(self) -> list[BlobValue]:
+        """The train block (iteration, pass) where the first non-finite value appeared."""
+        return [BlobValue(*raw) for raw in self._onset_raw]
 
     # -- derived facts ------------------------------------------------------------------
 
@@ -227,29 +232,44 @@ class TraceBuilder:
             thin(column)
 
     def _blob(self, trace: RunTrace, blob: BlobValue) -> None:
+        self.blob(blob.line, blob.run, blob.iteration, blob.phase, blob.net, blob.pass_index,
+                  blob.batch, blob.direction, blob.layer, blob.blob, blob.role, blob.stat,
+                  blob.value)
+
+    def blob(self, line, run, iteration, phase, net, pass_index, batch, direction, layer,
+             blob, role, stat, value) -> None:
+        """One debug value, in BlobValue's field order (the parser's ``blob_sink``)."""
+        traces = self.traces
+        trace = traces[run] if run < len(traces) else self.trace(run)
+        if trace.first_line is None:
+            trace.first_line = line
+        trace.last_line = line
         trace.blob_count += 1
-        value = blob.value
-        finite = math.isfinite(value)
-        if not finite:
-            key = (blob.iteration, blob.phase)
-            trace.nonfinite_layers.setdefault(key, set()).add(blob.layer)
-            if trace.first_nonfinite is None or blob.line < trace.first_nonfinite.line:
-                trace.first_nonfinite = blob
+        onset = False
+        if value - value != 0:  # NaN or ±Inf, without a function call
+            trace.nonfinite_layers.setdefault((iteration, phase), set()).add(layer)
+            if trace.first_nonfinite is None or line < trace.first_nonfinite.line:
+                trace.first_nonfinite = BlobValue(line, run, iteration, phase, net, pass_index,
+                                                  batch, direction, layer, blob, role, stat,
+                                                  value)
+                onset = True
         elif value >= self.explode_threshold and (
-            trace.first_large is None or blob.line < trace.first_large.line
+            trace.first_large is None or line < trace.first_large.line
         ):
-            trace.first_large = blob
-        if blob.phase != "train":
+            trace.first_large = BlobValue(line, run, iteration, phase, net, pass_index, batch,
+                                          direction, layer, blob, role, stat, value)
+        if phase != "train":
             return
-        block_key = (blob.iteration, blob.pass_index)
+        block_key = (iteration, pass_index)
         if block_key != trace._block_key:
             trace._block_key = block_key
             trace._block = []
-        trace._block.append(blob)
-        if trace.first_nonfinite is blob:
-            trace.onset_block = trace._block  # keeps growing until the block ends
-        key = (blob.direction, blob.layer, blob.role, blob.blob, blob.stat)
+        trace._block.append((line, run, iteration, phase, net, pass_index, batch, direction,
+                             layer, blob, role, stat, value))
+        if onset:
+            trace._onset_raw = trace._block  # keeps growing until the block ends
+        key = (direction, layer, role, blob, stat)
         series = trace.series.get(key)
         if series is None:
             series = trace.series[key] = Series()
-        series.add(blob.iteration, value, blob.line, self.max_points)
+        series.add(iteration, value, line, self.max_points)
