@@ -284,8 +284,13 @@ class Parser:
         pending, self._pending = self._pending, []
         self._pass = 0
         self._saw_backward = False
+        sink, run = self.blob_sink, self.run
         for item in pending:
-            if item[0] == "norms":
+            if sink is not None and item[0] != "norms":  # the hot loop of diagnose
+                number, direction, layer, role, blob, stat, value, pass_index = item
+                sink(number, run, iteration, "train", 0, pass_index, None,
+                     direction, layer, blob, role, stat, value)
+            elif item[0] == "norms":
                 _, number, l1d, l1g, l2d, l2g, thread, pass_index = item
                 yield NetNorms(number, self.run, iteration, pass_index, l1d, l1g, l2d, l2g, thread)
             else:
