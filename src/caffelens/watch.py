@@ -167,6 +167,7 @@ class LiveSession:
 
     def __post_init__(self) -> None:
         self.builder = TraceBuilder(self.config.explode_threshold, max_points=HISTORY)
+        self.parser.blob_sink = self.builder.blob  # as diagnose: no record per debug value
         self._line = 0
         self._seen: set[tuple] = set()
         self._last_eval = -math.inf
