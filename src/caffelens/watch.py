@@ -90,6 +90,10 @@ class Follower:
                 lines.extend(self.poll())
         return lines
 
+    def read_to_end(self) -> list[str]:
+        """Everything there is now, including a last line without its newline (--no-follow)."""
+        return self.poll() + self._splitter.flush()
+
     def _replaced(self) -> bool:
         """Rotated (a new file at the path) or truncated (smaller than what we read)."""
         try:
@@ -184,6 +188,10 @@ class LiveSession:
         if self._dirty and self.clock() - self._last_eval >= EVALUATE_EVERY:
             return self.evaluate()
         return []
+
+    def idle(self) -> list[Finding]:
+        """No new lines for a moment: run the rules if records came since they last ran."""
+        return self.evaluate() if self._dirty else []
 
     def evaluate(self, final: bool = False) -> list[Finding]:
         """Run the rules now; returns the findings not alerted before."""
@@ -386,8 +394,7 @@ def watch_command(log, from_end, no_follow, plain, exit_on, fmt_name, fail_on,
     if log == "-":
         batches = stream_batches(click.get_text_stream("stdin"))
     elif no_follow:
-        follower = Follower(log, from_end)
-        batches = iter([follower.poll() + follower._splitter.flush()])
+        batches = iter([Follower(log, from_end).read_to_end()])
     else:
         if not os.path.exists(log):
             raise InputError(f"{log}: no such file")
@@ -436,7 +443,7 @@ def _check_exit(finding: Finding, level: Severity | None) -> None:
 
 def _run_plain(session: LiveSession, batches, level, out) -> None:
     for batch in batches:
-        new = session.feed(batch) if batch else (session.evaluate() if session._dirty else [])
+        new = session.feed(batch) if batch else session.idle()
         for finding in new:
             out.write(alert_line(finding) + "\n")
             out.flush()
@@ -449,7 +456,7 @@ def _run_live(session: LiveSession, batches, level) -> None:
               transient=False) as live:
         last_draw = -math.inf
         for batch in batches:
-            new = session.feed(batch) if batch else (session.evaluate() if session._dirty else [])
+            new = session.feed(batch) if batch else session.idle()
             for finding in new:
                 if level is not None and finding.severity >= level:
                     live.update(render_view(session, console.width), refresh=True)
