@@ -200,3 +200,16 @@ def test_python_dash_m(tmp_path):
                            str(corpus_log("nan_input")), "--format", "json"],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and json.loads(proc.stdout)["logs"][0]["summary"]["status"] == "error"
+
+
+def test_log_text_is_never_rich_markup(tmp_path, capsys):
+    """A layer named like rich markup or an emoji code is printed as is, in every view."""
+    text = corpus_log("nan_input").read_text().replace("conv1", "[bold]x[/bold]:smile:")
+    path = tmp_path / "markup.log"
+    path.write_text(text)
+    for args in (["layers", str(path), "--width", "100"], ["diagnose", str(path), "--width", "200"],
+                 ["compare", str(path), str(path)]):
+        code, out, err = call(args, capsys)
+        assert code in (0, 1) and "Traceback" not in err
+    code, out, _ = call(["layers", str(path), "--width", "100"], capsys)
+    assert "[bold]x[/bold]:smile:" in out

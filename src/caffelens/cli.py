@@ -203,7 +203,7 @@ def layers_command(log, stats, width) -> None:
     width = width or _terminal_width()
     color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     console = Console(width=width, color_system="standard" if color else None,
-                      highlight=False, force_terminal=color or None)
+                      highlight=False, force_terminal=color or None, markup=False, emoji=False)
     console.print(render_layers(diagnosis, stats or ("forward", "backward"), width))
 
 

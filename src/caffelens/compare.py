@@ -170,7 +170,9 @@ def render_comparison(result: Comparison, width: int = 100) -> str:
     from rich.table import Table
 
     buffer = io.StringIO()
-    console = Console(file=buffer, width=width, color_system=None, highlight=False)
+    # text from the logs is printed as is: no rich markup or emoji codes in layer names
+    console = Console(file=buffer, width=width, color_system=None, highlight=False,
+                      markup=False, emoji=False)
     verdict = "WORSE" if result.worse else "not worse"
     console.print(f"{result.new.path} vs baseline {result.baseline.path}: {verdict} "
                   f"(margin {result.margin:g}, factor {result.factor:g})")

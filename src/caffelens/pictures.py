@@ -126,7 +126,7 @@ def heatmap(rows: LayerRows, iterations: list[int], columns: int,
         for bucket in buckets:
             cells.append_text(_cell(_worst([row[i] for i in bucket if i in row]), lo, hi))
         last = row[max(row)] if row else None
-        table.add_row(layer, cells, "" if last is None else fmt(last))
+        table.add_row(Text(layer), cells, "" if last is None else fmt(last))
     return table, buckets
 
 

@@ -254,9 +254,9 @@ def render_view(session: LiveSession, width: int = 100) -> Group:
     if trace is None:
         return Group(Text(f"{session.name}: waiting for Caffe output…", style="dim"))
     status = _status(session, trace)
-    header.add_row("log", f"{session.name}  [{status}]")
+    header.add_row("log", Text(f"{session.name}  [{status}]"))  # Text: no markup from the log
     if trace.train_net is not None and trace.train_net.name:
-        header.add_row("net", trace.train_net.name)
+        header.add_row("net", Text(trace.train_net.name))
     if trace.losses:
         last = trace.losses[-1]
         rate = _rate(trace)
@@ -267,8 +267,8 @@ def render_view(session: LiveSession, width: int = 100) -> Group:
     tests = [o for o in trace.outputs if o.phase == "test"]
     if tests:
         latest = tests[-1].iteration
-        header.add_row("test", "  ".join(f"{o.name} {fmt(o.value)}" for o in tests
-                                         if o.iteration == latest and o.net == tests[-1].net))
+        header.add_row("test", Text("  ".join(f"{o.name} {fmt(o.value)}" for o in tests
+                                              if o.iteration == latest and o.net == tests[-1].net)))
     parts: list = [header]
     layers = _layer_table(trace, session.config.explode_threshold)
     if layers is not None:
@@ -277,7 +277,7 @@ def render_view(session: LiveSession, width: int = 100) -> Group:
         alerts = Text()
         for finding in reversed(session.alerts[-8:]):
             alerts.append(f"{str(finding.severity):<8}", style=_SEVERITY_STYLE[finding.severity])
-            alerts.append(f"{finding.code} {finding.rule}: {finding.message}\n")
+            alerts.append(f"{finding.code} {finding.rule}: {finding.message}\n")  # Text: literal
         parts.append(Panel(alerts, title="alerts", box=box.SQUARE))
     return Group(*parts)
 
@@ -326,7 +326,7 @@ def _layer_table(trace: RunTrace, threshold: float) -> Table | None:
         if slot.get("param_diff") and slot.get("param_data") and slot["param_data"][-1]:
             ratio = slot["param_diff"][-1] / slot["param_data"][-1]
         table.add_row(
-            name, trace.layer_type(name) or "",
+            Text(name), Text(trace.layer_type(name) or ""),
             _cell(fwd[-1] if fwd else None, threshold),
             _cell(bwd[-1] if bwd else None, threshold),
             "" if ratio is None else fmt(ratio),
@@ -451,7 +451,7 @@ def _run_plain(session: LiveSession, batches, level, out) -> None:
 
 
 def _run_live(session: LiveSession, batches, level) -> None:
-    console = Console()
+    console = Console(markup=False, emoji=False, highlight=False)
     with Live(render_view(session, console.width), console=console, auto_refresh=False,
               transient=False) as live:
         last_draw = -math.inf

@@ -124,7 +124,7 @@ def _findings_table(d: Diagnosis) -> Table:
         table.add_row(
             Text(f"{f.severity}\n{f.code}\n{f.rule}", style=_STYLE[f.severity]),
             "" if f.iteration is None else str(f.iteration),
-            where(f, len(d.traces)) + (f"\nline {f.line}" if f.line else ""),
+            Text(where(f, len(d.traces)) + (f"\nline {f.line}" if f.line else "")),
             what,
         )
     return table
@@ -140,7 +140,7 @@ def render_diagnosis(d: Diagnosis) -> Group:
     facts.add_column(style="dim", no_wrap=True)
     facts.add_column()
     for label, value in header_facts(d):
-        facts.add_row(label, value)
+        facts.add_row(label, Text(value))
     parts: list = [title, facts]
     if d.error:
         parts.append(Text(f"partial result: {d.error}", style="yellow"))
@@ -155,7 +155,8 @@ def table(diagnoses: Sequence[Diagnosis], width: int = 100, color: bool = False)
     """The default report, rendered to text at ``width`` columns."""
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system="standard" if color else None,
-                      force_terminal=color, highlight=False, legacy_windows=False)
+                      force_terminal=color, highlight=False, legacy_windows=False,
+                      markup=False, emoji=False)  # text from the log is printed as is
     for i, d in enumerate(diagnoses):
         if i:
             console.print()
@@ -166,7 +167,7 @@ def table(diagnoses: Sequence[Diagnosis], width: int = 100, color: bool = False)
             summary.add_column(column)
         for d in diagnoses:
             count = lambda s: str(sum(f.severity == s for f in d.findings))  # noqa: E731
-            summary.add_row(d.path, d.status, count(Severity.ERROR), count(Severity.WARNING),
+            summary.add_row(Text(d.path), d.status, count(Severity.ERROR), count(Severity.WARNING),
                             str(d.summary()["last_iteration"]))
         console.print(summary)
     return buffer.getvalue()
