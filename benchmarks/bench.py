@@ -35,8 +35,9 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -88,13 +89,13 @@ class Unit:
     duration: int
     """Microseconds from this unit's first line to the next unit's first line in the source."""
 
-    @property
+    @cached_property
     def fixed_len(self) -> int:
         """Rendered length without the iteration digits (timestamps are fixed width)."""
         # level + "mmdd hh:mm:ss.ffffff" (20) + " " + text + "\n"
         return sum(1 + 20 + 1 + len(t.pre) + len(t.post) + 1 for t in self.lines)
 
-    @property
+    @cached_property
     def iter_slots(self) -> int:
         return sum(t.has_iter for t in self.lines)
 
@@ -115,7 +116,6 @@ class Template:
     day: int
     display: int
     test_interval: int
-    max_iter: int
 
     def steady_pools(self) -> tuple[list[Unit], list[Unit]]:
         """Train and test units from the last lr plateau of the source run.
@@ -146,7 +146,12 @@ def _solver_value(preamble: Iterable[str], key: str, default: int) -> int:
 
 
 def load_template(path: Path) -> Template:
-    """Cut the source log into preamble / units / trailer (see the module docstring)."""
+    """Cut the source log into preamble / units / trailer, each line pre-split for rendering.
+
+    Everything before the first test pass or loss line is the preamble, copied verbatim.
+    Rendering the source's own units back in order reproduces the source byte for byte
+    (except ``max_iter``), which is what makes the replayed logs trustworthy.
+    """
     text = path.read_text(encoding="utf-8").splitlines()
     first_body = next(i for i, line in enumerate(text) if "Testing net" in line
                       or re.search(r"\] Iteration \d+, loss = ", line))
@@ -221,7 +226,6 @@ def load_template(path: Path) -> Template:
         month=int(m.group(2)), day=int(m.group(3)),
         display=_solver_value(preamble, "display", 10),
         test_interval=_solver_value(preamble, "test_interval", 0),
-        max_iter=_solver_value(preamble, "max_iter", 0),
     )
 
 
@@ -531,20 +535,24 @@ def _rss_wrapper(argv: list[str], rss_file: str) -> list[str]:
     without it a fresh ``python -c`` launcher reads ``RUSAGE_CHILDREN`` (floor: ~10 MB). Both
     include every process of a ``sh -c`` pipeline (the maximum, not the sum).
     """
-    if TIME is not None:
-        return [TIME, "-f", "%M", "-o", rss_file, *argv]
+    time_cmd = gnu_time()
+    if time_cmd is not None:
+        return [time_cmd, "-f", "%M", "-o", rss_file, *argv]
     return [sys.executable, "-c", _LAUNCHER, rss_file, *argv]
 
 
-def _find_gnu_time() -> str | None:
+@lru_cache(maxsize=None)
+def gnu_time() -> str | None:
+    """/usr/bin/time if it is GNU time (BusyBox and BSD time lack ``-f %M``/``-o``)."""
     path = "/usr/bin/time"
     if not os.access(path, os.X_OK):
         return None
     probe = subprocess.run([path, "-f", "%M", "true"], capture_output=True, text=True)
     return path if probe.returncode == 0 and probe.stderr.strip().isdigit() else None
 
-
-TIME = _find_gnu_time()
+CHILD_ENV = {**os.environ, "CAFFELENS_DEBUG": "1"}
+"""caffelens prints one line for an internal error unless asked: a crash report needs the
+traceback. It changes nothing on the normal path."""
 
 
 def measure(argv: list[str], timeout: float, stdout_to: str | None = None) -> Run:
@@ -560,7 +568,8 @@ def measure(argv: list[str], timeout: float, stdout_to: str | None = None) -> Ru
     try:
         t0 = time.perf_counter()
         proc = subprocess.Popen(_rss_wrapper(argv, rss_file), stdin=subprocess.DEVNULL,
-                                stdout=out_file, stderr=err_file, start_new_session=True)
+                                stdout=out_file, stderr=err_file, start_new_session=True,
+                                env=CHILD_ENV)
         try:
             rc = proc.wait(timeout)
             timed_out = False
@@ -811,7 +820,7 @@ def measure_watch_latency(template: Template, caffelens: list[str], warmup_units
     """
     proc = subprocess.Popen([*caffelens, "watch", "--plain"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
-                            start_new_session=True)
+                            start_new_session=True, env=CHILD_ENV)
     seen = threading.Event()
     alert_at: list[float] = []
     output: list[str] = []
@@ -869,10 +878,6 @@ def measure_watch_latency(template: Template, caffelens: list[str], warmup_units
 # ============================================================================================
 # Reporting
 # ============================================================================================
-
-
-def _fmt(x: float | None, spec: str, missing: str = "-") -> str:
-    return missing if x is None else format(x, spec)
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
@@ -997,6 +1002,29 @@ def caffelens_command(arg: str | None) -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "caffelens"]
 
 
+def source_fingerprint() -> tuple[str, str]:
+    """(short hash of the caffelens sources, description): which code the figures belong to.
+
+    Others edit caffelens while benchmarks run (an editable install picks every change up in
+    the next process), so the hash is taken before and after, and a change is reported.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("caffelens")
+    if spec is None or spec.origin is None:
+        return "", "caffelens sources not importable from this Python"
+    root = Path(spec.origin).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    commit = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h"],
+                            capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "."],
+                           capture_output=True, text=True).stdout.strip()
+    where = f"git {commit}{' + uncommitted changes' if dirty else ''}" if commit else str(root)
+    return digest.hexdigest()[:12], f"sources {digest.hexdigest()[:12]} ({where})"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.naive_worker:
@@ -1004,6 +1032,9 @@ def main(argv: list[str] | None = None) -> int:
     caffelens = caffelens_command(args.caffelens)
     has_watch = not args.no_watch and watch_available(caffelens)
     started = time.perf_counter()
+    fingerprint, described = source_fingerprint()
+    version = subprocess.run([*caffelens, "--version"], capture_output=True,
+                             text=True).stdout.strip()
 
     print("preparing logs", file=sys.stderr)
     logs: list[tuple[str, dict, Path]] = []
@@ -1036,9 +1067,14 @@ def main(argv: list[str] | None = None) -> int:
                                            timeout=30) for _ in range(args.repeat)]
 
     print()
-    print(f"caffelens benchmark  ({' '.join(caffelens)}; python {sys.version.split()[0]}; "
-          f"{os.cpu_count()} CPUs; best of {args.repeat}; peak RSS via "
-          f"{'GNU time' if TIME else 'getrusage(RUSAGE_CHILDREN) in a fresh launcher'})")
+    print(f"caffelens benchmark: {version or ' '.join(caffelens)}, {described}")
+    print(f"({' '.join(caffelens)}; python {sys.version.split()[0]}; {os.cpu_count()} CPUs; "
+          f"best of {args.repeat}; peak RSS via "
+          f"{'GNU time' if gnu_time() else 'getrusage(RUSAGE_CHILDREN) in a fresh launcher'})")
+    after, after_described = source_fingerprint()
+    if after != fingerprint:
+        print("WARNING: the caffelens sources changed during the run; the figures mix "
+              f"versions (now {after_described})")
     print(f"start-up: `caffelens --version` {startup.wall:.3f} s, "
           f"{startup.rss_kb / 1024:.0f} MB peak RSS (included in every caffelens figure)")
     print("\nAbsolute figures (MB/s and lines/s of uncompressed log text)\n")
@@ -1073,8 +1109,9 @@ def watch_summary(latencies: list[WatchLatency]) -> str:
     if not delays:
         return head + "no live alert; " + latencies[0].note
     median = delays[len(delays) // 2]
-    text = (f"{head}best {delays[0] * 1000:.0f} ms, median {median * 1000:.0f} ms "
-            f"over {len(delays)} run(s) ({latencies[0].note})")
+    text = (f"{head}min {delays[0] * 1000:.0f} ms, median {median * 1000:.0f} ms, "
+            f"max {delays[-1] * 1000:.0f} ms over {len(delays)} run(s) "
+            f"({latencies[0].note})")
     failed = [x.note for x in latencies if x.delay is None]
     return text + (f"; {len(failed)} run(s) without a live alert: {failed[0]}" if failed else "")
 
