@@ -151,9 +151,7 @@ def file_argv(command: str, path) -> list[str]:
 
 @pytest.mark.parametrize("command", [
     "diagnose", "export", "watch-follow",
-    pytest.param("watch", marks=pytest.mark.xfail(strict=True, reason=(
-        "watch --no-follow on a missing file says 'empty log': Follower._open returns False "
-        "on FileNotFoundError and the no-follow branch never checks os.path.exists"))),
+    pytest.param("watch"),
 ])
 def test_missing_file(command, tmp_path, capsys):
     missing = tmp_path / "no" / "such.log"
@@ -257,10 +255,7 @@ def test_not_a_caffe_log_on_stdin(command, capsys, monkeypatch):
 
 @pytest.mark.parametrize("command", [
     "diagnose", "watch",
-    pytest.param("export", marks=pytest.mark.xfail(strict=True, reason=(
-        "export exits 0 with empty output for a glog log of another program: it tests "
-        "stats.caffe_lines == 0 (every glog-prefixed line counts) where diagnose and watch "
-        "test for training records"))),
+    pytest.param("export"),
 ])
 def test_glog_log_of_another_program(command, capsys):
     """glog prefixes alone do not make a Caffe log."""
@@ -575,10 +570,6 @@ def test_cut_anywhere_through_the_cli(command, tmp_path, capsys):
 GZ_GARBAGE = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03" + b"garbage, not deflate" * 50
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a gzip header followed by garbage raises zlib.error from caffelens.parse/diagnose: "
-    "sources._split_binary catches OSError, EOFError and LZMAError, and zlib.error is none "
-    "of them"))
 def test_corrupt_gzip_is_an_input_error(tmp_path):
     path = write(tmp_path, "corrupt.log.gz", GZ_GARBAGE)
     with pytest.raises(caffelens.InputError, match="corrupt or truncated compressed data"):
@@ -588,14 +579,9 @@ def test_corrupt_gzip_is_an_input_error(tmp_path):
 
 
 @pytest.mark.parametrize("command", [
-    pytest.param("diagnose", marks=pytest.mark.xfail(strict=True, reason=(
-        "zlib.error escapes (see test_corrupt_gzip_is_an_input_error): "
-        "'caffelens: internal error: error(...)' instead of the corrupt-data message"))),
-    pytest.param("export", marks=pytest.mark.xfail(strict=True, reason=(
-        "zlib.error escapes (see test_corrupt_gzip_is_an_input_error)"))),
-    pytest.param("watch", marks=pytest.mark.xfail(strict=True, reason=(
-        "watch does not decompress: it reads the gzip bytes as text and says 'no Caffe "
-        "training lines found'"))),
+    pytest.param("diagnose"),
+    pytest.param("export"),
+    pytest.param("watch"),
 ])
 def test_corrupt_gzip_through_the_cli(command, tmp_path, capsys):
     path = write(tmp_path, "corrupt.log.gz", GZ_GARBAGE)
@@ -637,16 +623,15 @@ def test_gzip_cut_in_half_export_is_a_clear_error(tmp_path, capsys):
     assert all(strict_json(line)["kind"] for line in out.splitlines())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "watch reads LOG as plain bytes (Follower/open), never through sources.open_binary: a "
-    "gzip log gives 'no Caffe training lines found' where diagnose analyses it, although the "
-    "final diagnosis of watch is documented to be what diagnose prints"))
 @pytest.mark.parametrize("data", ["whole", "half"])
 def test_watch_reads_gzip_like_diagnose(data, tmp_path, capsys):
     blob = gzip.compress(HEALTHY) if data == "whole" else _half_gzip()
     path = write(tmp_path, "train.log.gz", blob)
     expected, _, _ = run(["diagnose", str(path)], capsys)
     code, _, err = run(argv("watch", path), capsys)
+    if data == "half":  # watch says on stderr that it read only part of the archive
+        assert err.startswith("caffelens: partial result:") and len(err.splitlines()) == 1
+        err = ""
     assert_analysed(code, err)
     assert code == expected
 
@@ -837,9 +822,7 @@ WHERE = {
 
 
 @pytest.mark.parametrize("case", [
-    pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=(
-        f"ValueError 'Exceeds the limit (4300 digits) for integer string conversion' "
-        f"escapes from {WHERE[case]}")))
+    pytest.param(case)
     for case in HUGE_INT_LINES
 ])
 def test_huge_integers_never_raise(case):
@@ -848,9 +831,6 @@ def test_huge_integers_never_raise(case):
     assert (records[-1].kind, records[-1].iteration, records[-1].line) == ("loss", 20, 3)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a 5000-digit integer in a solver dump raises ValueError from prototxt._number "
-    "(int(lowered)); _finish_dump only catches ProtoTextError"))
 def test_huge_integer_in_solver_dump_never_raises():
     lines = [P + "Initializing solver from parameters: ", "display: 10", "max_iter: " + DIGITS,
              P + "Iteration 0, loss = 2"]
@@ -859,8 +839,6 @@ def test_huge_integer_in_solver_dump_never_raises():
     assert records[-1].kind == "loss"
 
 
-@pytest.mark.xfail(strict=True, reason="the ValueError of a 5000-digit iteration reaches the "
-                   "CLI as 'caffelens: internal error: ValueError(...)'")
 @pytest.mark.parametrize("command", COMMANDS)
 def test_huge_iteration_through_the_cli(command, tmp_path, capsys):
     path = write(tmp_path, "huge.log", HEALTHY + HUGE_INT_LINES["iteration-loss"].encode() + b"\n")
@@ -868,14 +846,13 @@ def test_huge_iteration_through_the_cli(command, tmp_path, capsys):
     assert_analysed(code, err)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an iteration of 2**63 or more in a loss line raises OverflowError('int too big to "
-    "convert') in history.Series.add: iterations are stored in array('q')"))
 @pytest.mark.parametrize("iteration", ["9223372036854775808", "1" + "0" * 400])
 def test_iteration_beyond_int64_never_raises(iteration):
+    """No Caffe counts past int64 (its iter_ is an int): such a line is not an iteration line."""
     data = HEALTHY.replace(b"Iteration 290, loss", f"Iteration {iteration}, loss".encode())
     records = list(caffelens.parse(io.BytesIO(data)))
-    assert any(r.kind == "loss" and r.iteration == int(iteration) for r in records)
+    assert not any(r.kind == "loss" and r.iteration == int(iteration) for r in records)
+    assert [r.iteration for r in records if r.kind == "loss"][-1] == 300
     caffelens.diagnose(io.BytesIO(data))
 
 
@@ -884,11 +861,6 @@ def test_iteration_at_int64_max_is_fine():
     caffelens.diagnose(io.BytesIO(data))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a float field of a dump written as an integer beyond 1.8e308 (base_lr, lr_mult, "
-    "clip_gradients, loss_weight: 1 followed by 400 zeros) raises OverflowError('int too "
-    "large to convert to float') from prototxt._as_float; _finish_dump only catches "
-    "ProtoTextError"))
 @pytest.mark.parametrize("field", ["base_lr", "clip_gradients"])
 def test_huge_integer_in_a_float_field_never_raises(field):
     lines = [P + "Initializing solver from parameters: ", "display: 10",
@@ -897,10 +869,6 @@ def test_huge_integer_in_a_float_field_never_raises(field):
     assert records[-1].kind == "loss"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "numpy prints 'RuntimeWarning: overflow encountered in multiply' (rules/loss.py, "
-    "threshold = running_min + np.maximum(2 * running_min, …)) on stderr for a loss of "
-    "-1e+308: stderr should stay empty when the log was analysed"))
 @pytest.mark.parametrize("command", ["diagnose", "watch"])
 def test_extreme_negative_loss_prints_no_warning(command, tmp_path, capsys):
     path = write(tmp_path, "neg.log", _healthy_with("-1e+308"))
@@ -1075,11 +1043,7 @@ def cli_pyparsing_state():
 
 
 @pytest.mark.parametrize("case", [
-    pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=(
-        "quadratic backtracking in prototxt._ONE_LINE_STATEMENT: `(?P<name>…)[ \\t]*"
-        "(?:(?P<open>:?[ \\t]*\\{)…` has two adjacent [ \\t]* around an optional ':', so a "
-        "name followed by n blanks and no ':'/'{' costs O(n²) (64 kB ≈ 8 s, 1 MiB ≈ 35 min)"
-    ))) if case == "spaces-before-bang" else case
+    pytest.param(case) if case == "spaces-before-bang" else case
     for case in DUMP_LINES
 ])
 def test_dump_lines_no_catastrophic_backtracking(case, cli_pyparsing_state):
@@ -1109,10 +1073,6 @@ def test_dump_list_parse_time_is_linear(cli_pyparsing_state):
     assert large < 8 * small + 0.05, (small, large)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "prototxt._STRING `\"(?:[^\"\\\\\\n]|\\\\.)*\"` keeps a backtracking frame per character: "
-    "one 1 MiB quoted string in a solver dump peaks at ~300 MB (tracemalloc), far beyond "
-    "the bounded memory the 1 MiB line cap is meant to give"))
 def test_dump_long_string_memory_is_bounded():
     lines = _dump_log('net: "' + "x" * (MAX_LINE - 16) + '"')
     tracemalloc.start()
@@ -1223,22 +1183,20 @@ def test_markup_in_net_and_output_names(tmp_path, capsys):
 CONTROL_NAME = "conv2\x01\x1b[31m\x1b]0;pwned\x07"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "JUnit XML is not well-formed when a name holds control characters: report.machine."
-    "junit escapes &<> only; XML 1.0 forbids \\x01-\\x08, \\x0b, \\x0c, \\x0e-\\x1f"))
+def as_read(name: str) -> str:
+    """A name as caffelens reads it: control characters (ESC, BEL, NUL…) are dropped."""
+    return re.sub("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", "", name)
+
+
 def test_junit_is_well_formed_with_control_characters():
     from caffelens.report import FORMATS
 
     data = _rename_layer(LR_EXPLODE, b"conv2", CONTROL_NAME.encode())
     diagnosis = caffelens.diagnose(io.BytesIO(data))
-    assert any(f.layer == CONTROL_NAME for f in diagnosis.findings)
+    assert any(f.layer == as_read(CONTROL_NAME) for f in diagnosis.findings)
     ET.fromstring(FORMATS["junit"]([diagnosis], 100).encode())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "terminal escape sequences from the log reach the terminal: the table (color off) "
-    "prints a layer name's ESC/BEL bytes raw, so a log can recolour, retitle or clear the "
-    "user's terminal; control characters should be escaped or dropped in terminal output"))
 @pytest.mark.parametrize("command", ["diagnose", "watch"])
 def test_no_terminal_escapes_from_the_log(command, tmp_path, capsys):
     data = _rename_layer(LR_EXPLODE, b"conv2", CONTROL_NAME.encode())
@@ -1254,6 +1212,7 @@ def test_machine_formats_survive_hostile_names():
     for name in MARKUP_NAMES + [CONTROL_NAME, "p|q", "%0A::error::x", "a<&>]]>b", "\u202ex"]:
         diagnosis = caffelens.diagnose(io.BytesIO(_rename_layer(LR_EXPLODE, b"conv2",
                                                                name.encode())))
+        name = as_read(name)
         onset = next(f for f in diagnosis.findings if f.code == "CL101")
         assert onset.layer == name
         document = strict_json(FORMATS["json"]([diagnosis], 100))
@@ -1273,11 +1232,6 @@ def test_machine_formats_survive_hostile_names():
 DEBUG = "I1125 22:24:33.004931 21757 net.cpp:651]     [Forward] Layer conv1, top blob conv1 data: "
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Parser(fast=True) accepts a debug line by its cached skeleton (text from 12 chars before "
-    "the first '] ' to the last ': ') and float() of the rest, so once a clean line was seen, "
-    "later lines with junk before the glog prefix or blanks before the value become records "
-    "that Parser(fast=False) rejects as malformed: the result depends on history"))
 @pytest.mark.parametrize("variant", ["junk-before-prefix", "two-spaces", "tab"])
 def test_fast_and_reference_parser_agree_on_damaged_debug_lines(variant):
     damaged = {"junk-before-prefix": "\ufffd\ufffdgarbage" + DEBUG + "0.25",

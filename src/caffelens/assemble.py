@@ -41,12 +41,14 @@ from caffelens.records import (
 from caffelens.sources import Source, iter_lines
 
 MAX_DUMP_LINES = 200_000
-"""A protobuf dump longer than this is not a dump; stop collecting it."""
+MAX_DUMP_CHARS = 4_000_000
+"""A protobuf dump longer than this is not a dump (glog cuts a message at 30,000 bytes; a
+solver that embeds its net is longer, but not this long): stop collecting it."""
 
 MAX_PENDING = 1_000_000
 """Debug values held back waiting for their display line; flushed beyond this."""
 
-_ITER_IN_PATH = re.compile(r"_iter_(\d+)")
+_ITER_IN_PATH = re.compile(r"_iter_(\d{1,18})")
 
 
 @dataclass
@@ -131,6 +133,7 @@ class Parser:
         self._dump: list[str] | None = None
         self._dump_kind = ""
         self._dump_line = 0
+        self._dump_chars = 0
         self._setting_up: str | None = None
         self._after_lr: int | None = None  # iteration whose lr line was the last solver line
 
@@ -146,24 +149,27 @@ class Parser:
         if self._dump is None and self.fast:
             q = text.rfind(": ")
             if q > 0:
-                entry = self._skeletons.get(_skeleton(text, q))
-                if entry is not None:
+                end = text.find("] ")
+                entry = self._skeletons.get(_skeleton(text, end, q))
+                if entry is not None and entry[0] == end:  # same prefix layout as when cached
                     value = text[q + 2:]
-                    if "_" not in value:
+                    if "_" not in value and not value[:1].isspace():
                         try:
                             number_value = float(value)
                         except ValueError:
                             pass
                         else:
                             self.stats.caffe_lines += 1
-                            return self._blob(*entry, number_value, number)
+                            return self._blob(*entry[1:], number_value, number)
         return list(self._feed(text, number))
 
     def _feed(self, text: str, number: int) -> Iterator[Record]:
         prefix, message = L.split_prefix(text)
         if self._dump is not None:
-            if prefix is None and L.looks_like_proto(text) and len(self._dump) < MAX_DUMP_LINES:
+            if (prefix is None and len(self._dump) < MAX_DUMP_LINES
+                    and self._dump_chars + len(text) < MAX_DUMP_CHARS and L.looks_like_proto(text)):
                 self._dump.append(text)
+                self._dump_chars += len(text) + 1
                 return
             if prefix is not None and not message.strip() and not self._dump:
                 return  # NVCaffe/Intel print the dump header and an empty prefixed line
@@ -189,12 +195,16 @@ class Parser:
         q = text.rfind(": ")
         if q <= 0 or len(self._skeletons) > 100_000:
             return
+        raw = text[q + 2:]
+        if "_" in raw or raw[:1].isspace():
+            return
         try:
-            value = float(text[q + 2:])
+            value = float(raw)
         except ValueError:
             return  # e.g. "7065.09 (0.140806)": always take the slow path
         if value == event[6] or (value != value and event[6] != event[6]):
-            self._skeletons[_skeleton(text, q)] = event[1:6]
+            end = text.find("] ")
+            self._skeletons[_skeleton(text, end, q)] = (end, *event[1:6])
 
     def finish(self) -> Iterator[Record]:
         """End of input: complete a dump in progress and flush held-back debug values."""
@@ -456,9 +466,11 @@ class Parser:
             yield from self._flush(self._predicted_iteration())
             self._new_run(keep_config=False)
         self._dump, self._dump_kind, self._dump_line = [], "solver", number
+        self._dump_chars = 0
 
     def _on_net_dump(self, event, number, time, thread):
         self._dump, self._dump_kind, self._dump_line = [], "net", number
+        self._dump_chars = 0
         return ()
 
     def _finish_dump(self) -> Iterator[Record]:
@@ -477,7 +489,7 @@ class Parser:
                     self.train_net = net  # (an LSTM's unrolled inner net has no phase)
                 record = NetConfig(self._dump_line, self.run,
                                    (net.phase or "TRAIN").lower(), net)
-        except ProtoTextError:
+        except (ProtoTextError, ValueError, OverflowError, RecursionError):
             self.stats.bad_dumps += 1
             return
         yield record
@@ -509,10 +521,10 @@ class Parser:
             self.test_nets = []
 
 
-def _skeleton(text: str, colon: int) -> str:
+def _skeleton(text: str, end: int, colon: int) -> str:
     """A debug line without its glog timestamp and value: `…651]     [Forward] Layer conv1,
-    top blob conv1 data`. Keeps the end of the prefix so the tag and direction are in it."""
-    end = text.find("] ")
+    top blob conv1 data`. Keeps the end of the prefix (``end`` is where `] ` is) so the tag and
+    direction are in it."""
     return text[end - 12 if end >= 12 else 0:colon]
 
 

@@ -15,7 +15,7 @@ import re
 # --- the glog prefix ------------------------------------------------------------------------
 
 _PREFIX = re.compile(
-    r"([IWEF])(\d{8}|\d{4}) (\d\d):(\d\d):(\d\d(?:\.\d+)?) +(\d+) [^\]\s]*\] ?"
+    r"([IWEF])(\d{8}|\d{4}) (\d\d):(\d\d):(\d\d(?:\.\d{1,9})?) +(\d{1,18}) [^\]\s]*\] ?"
 )
 
 
@@ -83,28 +83,28 @@ _UPDATE_SHARED = re.compile(
     r"\s*\[Update\] Layer (\S+), param blob (\S+) \(owned by layer (\S+), param (\S+)\) "
     r"diff: (\S+)\s*$"
 )
-_ITERATION = re.compile(r"\s*" + _TAG + r"Iteration (\d+)(?: \(([^()]*)\))?, (.*)")
+_ITERATION = re.compile(r"\s*" + _TAG + r"Iteration (\d{1,18})(?: \(([^()]*)\))?, (.*)")
 _RATE = re.compile(r"(\S+) iter/s")
 _LR_TAIL = re.compile(
     r"lr = ([^,\s]+)(?:, m = ([^,\s]+))?(?:, lrm = [^,\s]+)?(?:, wd = ([^,\s]+))?"
     r"(?:, gs = ([^,\s]+))?$"
 )
-_TESTING = re.compile(r"Testing net(?: \(#(\d+)\))?$")
+_TESTING = re.compile(r"Testing net(?: \(#(\d{1,9})\))?$")
 _OUTPUT = re.compile(
-    r"\s*" + _TAG + r"(Train|Test) net output #(\d+): (\S+) = (\S+)"
+    r"\s*" + _TAG + r"(Train|Test) net output #(\d{1,9}): (\S+) = (\S+)"
     r"(?: \(\* (\S+) = (\S+) loss\))?\s*$"
 )
-_TEST_SCORE = re.compile(r"\s*Test score #(\d+): (\S+)\s*$")
+_TEST_SCORE = re.compile(r"\s*Test score #(\d{1,9}): (\S+)\s*$")
 _TEST_LOSS = re.compile(r"\s*Test loss: (\S+)\s*$")
 _CLIP = re.compile(
     r"\s*" + _TAG + r"Gradient clipping: scaling down gradients \(L2 norm (\S+) > (\S+)\) "
     r"by scale factor (\S+)\s*$"
 )
-_STEP = re.compile(r"\s*" + _TAG + r"(?:MultiStep|Plateau) Status: Iteration (\d+), step = (\d+)")
+_STEP = re.compile(r"\s*" + _TAG + r"(?:MultiStep|Plateau) Status: Iteration (\d{1,18}), step = (\d{1,9})")
 _SOLVING = re.compile(r"\s*" + _TAG + r"Solving (\S+)")
-_TOP_SHAPE = re.compile(r"\s*Top shape: ([\d ]*)\((\d+)\)\s*$")
+_TOP_SHAPE = re.compile(r"\s*Top shape: ([\d ]*)\((\d{1,30})\)\s*$")
 _SETTING_UP = re.compile(r"\s*Setting up (\S+)\s*$")
-_SHARING = re.compile(r"\s*Sharing parameters '(\S+)' owned by layer '(\S+)', param index (\d+)")
+_SHARING = re.compile(r"\s*Sharing parameters '(\S+)' owned by layer '(\S+)', param index (\d{1,9})")
 _NEEDS_BACKWARD = re.compile(r"\s*(\S+) (needs|does not need) backward computation\.\s*$")
 _SNAPSHOT = re.compile(r"\s*Snapshotting (?:solver state )?to (?:binary proto file |HDF5 file )?(\S+)")
 _RESUME = re.compile(
@@ -178,7 +178,8 @@ def classify(message: str, level: str | None = None) -> tuple | None:
         except ValueError:
             return ("malformed",)
     if level == "F" or "Check failed" in message:
-        return ("crash", "check-failed" if "Check failed" in message else "fatal", message.strip())
+        return ("crash", "check-failed" if "Check failed" in message else "fatal",
+                message.strip()[:2000])
     return _classify_rare(message)
 
 
@@ -274,6 +275,8 @@ def _classify_rare(message: str) -> tuple | None:
 def _convert(tag: str, groups: tuple) -> tuple | None:
     try:
         if tag == "shape":
+            if any(len(d) > 30 for d in groups[0].split()):
+                return ("malformed",)
             dims = tuple(int(d) for d in groups[0].split())
             return ("shape", dims, int(groups[1]))
         if tag == "sharing":

@@ -114,6 +114,8 @@ def _number(text: str) -> int | float:
         return int(lowered, 16)
     if "." in magnitude or "e" in magnitude or magnitude.endswith("f"):
         return float(lowered.rstrip("f"))
+    if len(magnitude) > 30:  # no Caffe field holds such an integer; int() would refuse 4300+ digits
+        return float(lowered)
     if _OCTAL_INT.fullmatch(lowered):
         return int(lowered, 8)
     return int(lowered)
@@ -136,7 +138,8 @@ def _field_statement(s: str, loc: int, toks: pp.ParseResults) -> list[tuple]:
 # Token patterns, shared by the general grammar and the one-line fast path below. No
 # repetition wraps alternatives that can match the same text, so matching stays linear.
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
-_STRING = r'"(?:[^"\\\n]|\\.)*"' r"|'(?:[^'\\\n]|\\.)*'"
+# unrolled loops: no backtracking frame per character on a long string
+_STRING = r'"[^"\\\n]*(?:\\.[^"\\\n]*)*"' r"|'[^'\\\n]*(?:\\.[^'\\\n]*)*'"
 _NUMBER = (
     r"-?(?:0[xX][0-9a-fA-F]+"
     r"|(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][+-]?[0-9]+)?[fF]?"
@@ -148,7 +151,7 @@ _NUMBER = (
 _ONE_LINE_STATEMENT = (
     r"(?:(?P<close>\})"
     rf"|(?P<name>{_NAME})[ \t]*"
-    r"(?:(?P<open>:?[ \t]*\{)"
+    r"(?:(?P<open>(?::[ \t]*)?\{)"
     rf"|:[ \t]*(?:(?P<string>{_STRING})(?!(?:\s|#[^\n]*(?:\n|\Z))*[\"'])"
     rf"|(?P<number>{_NUMBER})"
     rf"|(?P<ident>{_NAME}))))"
@@ -364,7 +367,10 @@ def read_prototxt(path: str | os.PathLike[str]) -> Message:
 def _as_float(value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ProtoTextError(f"{key}: expected a number, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise ProtoTextError(f"{key}: {str(value)[:20]}… is too large") from None
 
 
 def _as_int(value: Any, key: str) -> int:

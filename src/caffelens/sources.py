@@ -14,6 +14,8 @@ import gzip
 import io
 import lzma
 import os
+import re
+import zlib
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO, TextIO, Union
 
@@ -96,7 +98,7 @@ def _split_binary(stream: BinaryIO, chunk_size: int, name: str) -> Iterator[str]
         while True:
             try:
                 data = stream.read1(chunk_size) if hasattr(stream, "read1") else stream.read(chunk_size)
-            except (OSError, EOFError, lzma.LZMAError) as exc:
+            except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
                 raise InputError(f"{name}: corrupt or truncated compressed data ({exc})") from None
             if not data:
                 tail = decoder.decode(b"", final=True)
@@ -134,7 +136,7 @@ class LineSplitter:
             self._skipping = False
         if len(piece) > MAX_LINE:
             lines = [line[:MAX_LINE] for line in lines]
-        if "\r" in piece or "\x00" in piece:
+        if "\r" in piece or _CONTROL.search(piece):
             lines = [_clean(line) for line in lines]
         self._hold(rest)
         return lines
@@ -174,11 +176,16 @@ def _split_text(pieces: Iterable[str]) -> Iterator[str]:
     yield from splitter.flush()
 
 
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""Control characters (NUL, ESC…): never part of a Caffe line, and an ESC from a log must not
+reach the user's terminal."""
+
+
 def _clean(line: str) -> str:
     if "\r" in line:
         line = line.rstrip("\r")
         if "\r" in line:
             line = line.rsplit("\r", 1)[1] or line.replace("\r", "")
-    if "\x00" in line:
-        line = line.replace("\x00", "")
+    if _CONTROL.search(line):
+        line = _CONTROL.sub("", line)
     return line

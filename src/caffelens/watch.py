@@ -393,8 +393,8 @@ def watch_command(log, from_end, no_follow, plain, exit_on, fmt_name, fail_on,
     session = LiveSession(Config(explode_threshold=explode_threshold), name)
     if log == "-":
         batches = stream_batches(click.get_text_stream("stdin"))
-    elif no_follow:
-        batches = iter([Follower(log, from_end).read_to_end()])
+    elif no_follow or _compressed(log):
+        batches = _file_batches(log)  # read once, decompressing like diagnose
     else:
         if not os.path.exists(log):
             raise InputError(f"{log}: no such file")
@@ -434,6 +434,37 @@ def watch_command(log, from_end, no_follow, plain, exit_on, fmt_name, fail_on,
     out.flush()
     if exit_code([diagnosis], fail_on):
         raise Failed()
+
+
+def _compressed(path: str) -> bool:
+    """A .gz/.bz2/.xz log cannot grow line by line: it is read once, not followed."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError:
+        return False
+    return head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00"))
+
+
+def _file_batches(path: str, size: int = 10_000) -> Iterator[list[str]]:
+    """The lines of a whole file (plain or compressed), in batches."""
+    from caffelens.sources import iter_lines
+
+    batch: list[str] = []
+    read = 0
+    try:
+        for line in iter_lines(path):
+            batch.append(line)
+            read += 1
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    except InputError as exc:
+        if not read:
+            raise
+        # a cut archive: diagnose what was read, as diagnose does
+        click.echo(f"caffelens: partial result: {exc}", err=True)
+    yield batch
 
 
 def _check_exit(finding: Finding, level: Severity | None) -> None:

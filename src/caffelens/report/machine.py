@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from xml.sax.saxutils import escape, quoteattr
 
@@ -57,6 +58,18 @@ def github(diagnoses: Sequence[Diagnosis], width: int = 100) -> str:
     return "\n".join(out) + ("\n" if out else "")
 
 
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _xml_text(text: str) -> str:
+    """Escaped text without the characters XML 1.0 forbids."""
+    return escape(_NOT_XML.sub("", text))
+
+
+def _xml_attr(text: str) -> str:
+    return quoteattr(_NOT_XML.sub("", text))
+
+
 def junit(diagnoses: Sequence[Diagnosis], width: int = 100) -> str:
     """JUnit XML: a testsuite per log, a testcase per rule, failures for its findings."""
     rules = all_rules()
@@ -73,14 +86,14 @@ def junit(diagnoses: Sequence[Diagnosis], width: int = 100) -> str:
                     f"{f.severity} line {f.line}: {f.message}" + (f" Fix: {f.fix}" if f.fix else "")
                     for f in found
                 )
-                body = (f"<failure message={quoteattr(found[0].message)} "
-                        f"type={quoteattr(str(found[0].severity))}>{escape(text)}</failure>")
+                body = (f"<failure message={_xml_attr(found[0].message)} "
+                        f"type={_xml_attr(str(found[0].severity))}>{_xml_text(text)}</failure>")
             cases.append(
-                f'    <testcase classname={quoteattr(d.path)} '
-                f'name={quoteattr(f"{rule.code} {rule.name}")}>{body}</testcase>'
+                f'    <testcase classname={_xml_attr(d.path)} '
+                f'name={_xml_attr(f"{rule.code} {rule.name}")}>{body}</testcase>'
             )
         suites.append(
-            f"  <testsuite name={quoteattr(d.path)} tests=\"{len(rules)}\" "
+            f"  <testsuite name={_xml_attr(d.path)} tests=\"{len(rules)}\" "
             f"failures=\"{failures}\" errors=\"0\">\n" + "\n".join(cases) + "\n  </testsuite>"
         )
     return ('<?xml version="1.0" encoding="UTF-8"?>\n<testsuites name="caffelens">\n'

@@ -104,7 +104,7 @@ class LossDivergence(Rule):
         values = _rolling_median(raw, window)
         running_min = np.minimum.accumulate(values)
         first = values[0]
-        with np.errstate(invalid="ignore"):
+        with np.errstate(all="ignore"):  # inf - inf, and 2 × -1e308
             threshold = running_min + np.maximum(2 * running_min, 0.5 * (first - running_min))
         above = values > threshold
         # first index from which every later loss stays above its threshold at that point
