@@ -350,8 +350,7 @@ class ZeroDiff(Rule):
         zeros, total, first_line = params[0][1], params[0][2], min(p[3] for p in params)
         span = (f"all {total} displayed iterations" if zeros == total
                 else f"the last {zeros} displayed iterations")
-        series = next(s for k, s in trace.series.items()
-                      if k[:2] == ("backward", layer) and k[2] == "param")
+        series = trace.series[("backward", layer, "param", params[0][0], "diff")]
         start = series.iterations[-zeros]
         message = (
             f"Layer {layer}{f' ({layer_type})' if layer_type else ''} does not learn: the diff "
