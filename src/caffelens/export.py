@@ -13,9 +13,10 @@ from caffelens.records import LearningRate, Loss, Output, Record, SolverConfig, 
 
 def write_jsonl(records: Iterable[Record], out: TextIO) -> int:
     """One JSON object per record; non-finite numbers as "nan"/"inf"/"-inf". Returns count."""
+    encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
     count = 0
     for record in records:
-        out.write(json.dumps(record.to_dict(), separators=(",", ":")))
+        out.write(encode(record.to_dict()))
         out.write("\n")
         count += 1
     return count

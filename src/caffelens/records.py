@@ -26,12 +26,27 @@ class Record:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: ``kind`` first, non-finite floats as "nan"/"inf"/"-inf"."""
         out: dict[str, Any] = {"kind": self.kind}
-        for f in fields(self):
-            out[_JSON_NAMES.get(f.name, f.name)] = _jsonable(getattr(self, f.name))
+        for attr, key in _json_fields(type(self)):
+            value = getattr(self, attr)
+            if value.__class__ is float:
+                if value - value != 0:  # NaN or ±Inf (export writes millions of these)
+                    value = _jsonable(value)
+            elif value is not None and value.__class__ not in (int, str, bool):
+                value = _jsonable(value)
+            out[key] = value
         return out
 
 
 _JSON_NAMES = {"pass_index": "pass"}
+_FIELDS: dict[type, list[tuple[str, str]]] = {}
+
+
+def _json_fields(cls: type) -> list[tuple[str, str]]:
+    """(attribute, JSON key) pairs of a record class, computed once per class."""
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = [(f.name, _JSON_NAMES.get(f.name, f.name)) for f in fields(cls)]
+    return names
 
 
 def _jsonable(value: Any) -> Any:
