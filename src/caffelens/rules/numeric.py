@@ -80,7 +80,8 @@ class NanOnset(Rule):
         layer_type = trace.layer_type(onset.layer)
         cause, reason, fix = self._cause(trace, onset, layer_type, context)
         spread = trace.nonfinite_layers.get((onset.iteration, onset.phase), set())
-        at = f"iteration {onset.iteration}" if onset.iteration is not None else "the log"
+        at = (f"iteration {onset.iteration}" if onset.iteration is not None
+              else "an iteration the log does not name")
         phase = "" if onset.phase == "train" else f" ({onset.phase} net #{onset.net})"
         message = (
             f"First non-finite value: {fmt(onset.value)} in {where(onset)}"
@@ -178,9 +179,11 @@ class NanOnset(Rule):
 
 
 def _first_in_block(trace: RunTrace, onset: BlobValue) -> bool:
-    """Without a net definition: is this the first layer printed in its Forward pass?"""
+    """Without a net definition: the first layer printed in its Forward pass, named like an
+    input (an excerpt of a log can start anywhere, so position alone proves nothing)."""
     block = trace.onset_block
-    return bool(block) and block[0].layer == onset.layer
+    named = any(word in onset.layer.lower() for word in ("data", "input", "image", "label"))
+    return named and bool(block) and block[0].layer == onset.layer
 
 
 @register
