@@ -392,17 +392,17 @@ def watch_command(log, from_end, no_follow, plain, exit_on, fmt_name, fail_on,
     name = "<stdin>" if log == "-" else log
     session = LiveSession(Config(explode_threshold=explode_threshold), name)
     if log == "-":
-        batches = stream_batches(click.get_text_stream("stdin"))
+        batches = stream_batches(sys.stdin)
     elif no_follow or _compressed(log):
         batches = _file_batches(log)  # read once, decompressing like diagnose
     else:
         if not os.path.exists(log):
             raise InputError(f"{log}: no such file")
         batches = follow_batches(Follower(log, from_end))
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     interactive = not plain and out.isatty() and "NO_COLOR" not in os.environ
     # with a machine-readable final document, alerts go to stderr so stdout stays parseable
-    alerts_out = click.get_text_stream("stderr") if fmt_name in ("json", "junit", "sarif") else out
+    alerts_out = sys.stderr if fmt_name in ("json", "junit", "sarif") else out
     level = EXIT_LEVELS[exit_on]
     try:
         if interactive:
