@@ -140,3 +140,18 @@ def test_crash_before_and_after_done():
              "double free or corruption (out)"]
     (crash,) = [f for f in caffelens.diagnose(after, path="x").findings if f.rule == "crash"]
     assert crash.severity is Severity.WARNING
+
+
+def test_nan_loss_survives_history_thinning():
+    """Runs longer than the bounded history still report their NaN (regression, review)."""
+    lines = [S + f"Iteration {i}, loss = {'nan' if i >= 4001 else '1.5'}" for i in range(9000)]
+    findings = caffelens.diagnose(lines, path="x").findings
+    nan = next(f for f in findings if f.rule == "nan-loss")
+    assert nan.iteration == 4001 and "4999 of 9000" in nan.message
+
+
+def test_nan_loss_message_keeps_blob_case():
+    lines = [S + "Iteration 0, loss = 1",
+             S + "    Train net output #0: mbox_Loss = nan (* 1 = nan loss)"]
+    nan = next(f for f in caffelens.diagnose(lines, path="x").findings if f.rule == "nan-loss")
+    assert "mbox_Loss" in nan.message

@@ -115,6 +115,7 @@ class Parser:
         self._last_display: int | None = None
         self._last_tested: int | None = None
         self._done = False
+        self._crashed = False
         # debug attribution
         self._pending: list[tuple] = []
         self._pass = 0
@@ -381,7 +382,8 @@ class Parser:
 
     def _on_lr(self, event, number, time, thread):
         _, iteration, value, momentum, decay, scale = event
-        yield from self._start_iteration_line(iteration, number)
+        # never a new run: NVCaffe 0.17 prints `Iteration 39, lr` after `Iteration 40, loss`
+        self._trained = True
         if self._pending and self._last_display != iteration:
             yield from self._flush(iteration)  # 2014 Caffe printed lr before loss
         self._after_lr = iteration
@@ -449,6 +451,7 @@ class Parser:
 
     def _on_crash(self, event, number, time, thread):
         _, cause, message = event
+        self._crashed = True
         yield Crash(number, self.run, self._last_display, cause, message, self._done)
 
     def _on_malformed(self, event, number, time, thread):
@@ -462,7 +465,7 @@ class Parser:
     # -- start-up -------------------------------------------------------------------------
 
     def _on_solver_dump(self, event, number, time, thread):
-        if self._trained:
+        if self._trained or self._crashed:  # a run that died at start-up is a run too
             yield from self._flush(self._predicted_iteration())
             self._new_run(keep_config=False)
         self._dump, self._dump_kind, self._dump_line = [], "solver", number
@@ -514,6 +517,7 @@ class Parser:
         self._last_display = None
         self._last_tested = None
         self._done = False
+        self._crashed = False
         self._phase = "train"
         if not keep_config:
             self.solver = None

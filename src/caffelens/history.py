@@ -83,6 +83,12 @@ class RunTrace:
     clips: list[GradientClip] = field(default_factory=list)
     clip_count: int = 0
     """All clipping events, also those thinned out of ``clips``."""
+    loss_count: int = 0
+    """All displayed losses, also those thinned out of ``losses``."""
+    bad_loss_count: int = 0
+    bad_losses: list[Loss] = field(default_factory=list)
+    bad_outputs: list[Output] = field(default_factory=list)
+    """Non-finite losses and outputs, kept apart so that thinning never drops a NaN."""
     norms: list[NetNorms] = field(default_factory=list)
     crashes: list[Crash] = field(default_factory=list)
     finished: Finished | None = None
@@ -151,6 +157,23 @@ class RunTrace:
     def train_outputs(self) -> list[Output]:
         return [o for o in self.outputs if o.phase == "train"]
 
+    def dominant_loss(self) -> tuple[str, float, float, float] | None:
+        """(output, weighted value, loss_weight, the other terms together) when one weighted
+        loss term is ≥ 10× all the others at the first display with several terms."""
+        by_iteration: dict[int | None, dict[str, tuple[float, float]]] = {}
+        for output in self.train_outputs():
+            if output.weight:
+                by_iteration.setdefault(output.iteration, {})[output.name] = (
+                    output.value * output.weight, output.weight)
+        terms = next((t for t in by_iteration.values() if len(t) >= 2), None)
+        if terms is None:
+            return None
+        name, (weighted, weight) = max(terms.items(), key=lambda kv: abs(kv[1][0]))
+        others = sum(abs(v[0]) for k, v in terms.items() if k != name)
+        if not math.isfinite(weighted) or others <= 0 or abs(weighted) < 10 * others:
+            return None
+        return name, weighted, weight, others
+
 
 DIAGNOSE_POINTS = 8192
 """History kept per series by `diagnose`: every display of most runs, and flat memory on huge
@@ -188,9 +211,15 @@ class TraceBuilder:
         if kind is BlobValue:
             self._blob(trace, record)  # type: ignore[arg-type]
         elif kind is Loss:
+            trace.loss_count += 1
             self._append(trace.losses, record)
+            if record.value - record.value != 0:  # type: ignore[attr-defined]
+                trace.bad_loss_count += 1
+                self._append(trace.bad_losses, record)
         elif kind is Output:
             self._append(trace.outputs, record)
+            if record.value - record.value != 0:  # type: ignore[attr-defined]
+                self._append(trace.bad_outputs, record)
         elif kind is LearningRate:
             self._append(trace.lrs, record)
         elif kind is TestStart:

@@ -38,13 +38,13 @@ def sparkline(values: Sequence[float], width: int = 40) -> str:
         if ok:
             out.append(_BARS[int((value - lo) / scale * (len(_BARS) - 1))])
         else:
-            out.append("▁" if raw == 0 else "×")
+            out.append("▁" if raw <= 0 and math.isfinite(raw) else "×")  # × only for NaN/Inf
     return "".join(out)
 
 
 def where(f: Finding, runs: int = 1) -> str:
     """[run ·] phase · direction · layer · blob, skipping what is unknown."""
-    parts = [f"run {f.run}" if runs > 1 else None, f.phase,
+    parts = [f"run {f.run + 1}" if runs > 1 else None, f.phase,
              f.direction.capitalize() if f.direction else None]
     if f.layer:
         parts.append(f"{f.layer} ({f.layer_type})" if f.layer_type else f.layer)

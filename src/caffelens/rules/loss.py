@@ -213,22 +213,13 @@ class DominantLoss(Rule):
     severity = Severity.WARNING
 
     def check(self, trace: RunTrace, context: Context) -> Iterator[Finding]:
-        by_iteration: dict[int | None, dict[str, tuple[float, float]]] = {}
-        for output in trace.train_outputs():
-            if output.weight:
-                by_iteration.setdefault(output.iteration, {})[output.name] = (
-                    output.value * output.weight, output.weight)
-        shares = [terms for terms in by_iteration.values() if len(terms) >= 2]
-        if not shares:
+        dominant = trace.dominant_loss()
+        if dominant is None:
             return
-        first = shares[0]
-        name, (weighted, weight) = max(first.items(), key=lambda kv: abs(kv[1][0]))
-        others = sum(abs(v[0]) for k, v in first.items() if k != name)
-        if not math.isfinite(weighted) or others <= 0 or abs(weighted) < 10 * others:
-            return
+        name, weighted, weight, others = dominant
         layer = _layer_with_top(trace, name) or name
-        iteration = next(iter(by_iteration))
-        line = next(o.line for o in trace.train_outputs() if o.name == name)
+        first = next(o for o in trace.train_outputs() if o.name == name)
+        iteration, line = first.iteration, first.line
         evidence = ()
         diffs = {
             k[1]: s.values[0] for k, s in trace.series.items()

@@ -32,11 +32,22 @@ def where(blob: BlobValue) -> str:
     return f"{direction} {blob.stat} of {blob.role} blob {blob.blob} in layer {blob.layer}"
 
 
+def _sentence(text: str) -> str:
+    """Capitalise the first letter only: blob names keep their case."""
+    return text[:1].upper() + text[1:] + "."
+
+
 def lower_lr_fix(trace: RunTrace, iteration: int | None = None) -> str:
-    """'lower base_lr from 50 to 5' with the run's own numbers, plus clipping if it is off."""
+    """'lower base_lr from 50 to 5' with the run's own numbers, plus clipping if it is off —
+    after the loss_weight of a loss term that dominates, which is then the first thing to fix."""
     base = trace.solver.base_lr if trace.solver is not None else None
     lr = trace.lr_at(iteration)
     parts = []
+    dominant = trace.dominant_loss()
+    if dominant is not None:
+        name, _weighted, weight, _others = dominant
+        parts.append(f"first lower the loss_weight of {name} (now {fmt(weight)}), which "
+                     f"dominates the loss")
     if base is not None:
         parts.append(f"lower base_lr from {fmt(base)} to {fmt(base / 10)}")
     elif lr is not None:
@@ -202,8 +213,7 @@ class NanLoss(Rule):
     severity = Severity.ERROR
 
     def check(self, trace: RunTrace, context: Context) -> Iterator[Finding]:
-        bad = [r for r in trace.losses if not math.isfinite(r.value)]
-        bad_out = [o for o in trace.outputs if not math.isfinite(o.value)]
+        bad, bad_out = trace.bad_losses, trace.bad_outputs
         first = min(bad + bad_out, key=lambda r: r.line, default=None)  # type: ignore[operator]
         if first is None:
             return
@@ -211,7 +221,7 @@ class NanLoss(Rule):
         if bad:
             parts.append(
                 f"train loss is {fmt(bad[0].value)} from iteration {bad[0].iteration}"
-                f" ({len(bad)} of {len(trace.losses)} displayed losses)"
+                f" ({trace.bad_loss_count} of {trace.loss_count} displayed losses)"
             )
         tests = sorted({o.iteration for o in bad_out if o.phase == "test"
                         and o.iteration is not None})
@@ -222,8 +232,11 @@ class NanLoss(Rule):
         if trains and not bad:
             parts.append(f"train output {trains[0].name} is {fmt(trains[0].value)} from "
                          f"iteration {trains[0].iteration}")
-        if trace.first_nonfinite is not None:
-            fix = "see nan-onset for where the NaN starts; " + lower_lr_fix(trace)
+        onset = trace.first_nonfinite
+        if onset is not None:  # the fix is the root cause's, not a generic one
+            _, _, onset_fix = NanOnset()._cause(trace, onset, trace.layer_type(onset.layer),
+                                               context)
+            fix = f"the NaN starts in layer {onset.layer} (see nan-onset): {onset_fix}"
         elif not trace.debug_info:
             fix = ("set debug_info: true in solver.prototxt to find the layer where NaN starts; "
                    + lower_lr_fix(trace))
@@ -231,7 +244,7 @@ class NanLoss(Rule):
             fix = lower_lr_fix(trace)
         name = getattr(first, "name", None)
         yield self.finding(
-            "; ".join(parts).capitalize() + ".", trace, fix=fix,
+            _sentence("; ".join(parts)), trace, fix=fix,
             iteration=first.iteration, phase=getattr(first, "phase", "train"),
             blob=name, value=first.value, line=first.line,
         )
@@ -366,6 +379,10 @@ class ZeroDiff(Rule):
             message += f" Also without gradient: {', '.join(others)}."
         fix = (f"check the initialisation of {layer} (weight_filler/bias_filler) and lower "
                f"the learning rate; use ReLU negative_slope: 0.01 (leaky) or PReLU if ReLUs die")
+        if zeros < total:  # it learned, then died: too large updates killed the units
+            fix = (f"it learned until iteration {start}, so updates that were too large killed "
+                   f"it: " + lower_lr_fix(trace, start)
+                   + "; ReLU negative_slope: 0.01 (leaky) keeps units from dying")
         cause = None
         if stop is not None:
             stop_layer, stop_blob, dead = stop
