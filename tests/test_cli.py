@@ -213,3 +213,29 @@ def test_log_text_is_never_rich_markup(tmp_path, capsys):
         assert code in (0, 1) and "Traceback" not in err
     code, out, _ = call(["layers", str(path), "--width", "100"], capsys)
     assert "[bold]x[/bold]:smile:" in out
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('format = "xml"\n', "format must be one of"),
+    ("select = 5\n", "select must be a list"),
+    ("explode-threshold = -1\n", "positive number"),
+    ('select = ["CL9"]\n', "no rule matches"),
+])
+def test_bad_settings_are_input_errors(tmp_path, monkeypatch, capsys, toml, message):
+    (tmp_path / "caffelens.toml").write_text(toml)
+    monkeypatch.chdir(tmp_path)
+    for command in ("diagnose", "watch"):
+        code, _, err = call([command, str(corpus_log("healthy"))] +
+                            (["--no-follow"] if command == "watch" else []), capsys)
+        assert code == 2 and message in err and "internal error" not in err
+
+
+def test_bad_options_exit_2(tmp_path, capsys):
+    healthy = str(corpus_log("healthy"))
+    for args in (["diagnose", healthy, "--explode-threshold", "0"],
+                 ["diagnose", healthy, "--select", "CL9"],
+                 ["diagnose", healthy, "-o", str(tmp_path / "no" / "x.json")],
+                 ["compare", healthy, healthy, "--margin", "-1"],
+                 ["compare", healthy, healthy, "--factor", "0"]):
+        code, _, err = call(args, capsys)
+        assert code == 2 and "internal error" not in err, args

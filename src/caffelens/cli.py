@@ -45,7 +45,10 @@ def _open_source(path: str):
 
 def _write(text: str, output: str | None) -> None:
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        try:
+            Path(output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"{output}: cannot write: {exc.strerror or exc}") from None
     else:
         click.echo(text, nl=False)
 
@@ -87,7 +90,7 @@ def cli() -> None:
               help="Exit 1 when a finding at or above this severity exists (default: error).")
 @click.option("--select", help="Comma-separated rule codes, code prefixes or names to run.")
 @click.option("--ignore", help="Comma-separated rule codes, code prefixes or names to skip.")
-@click.option("--explode-threshold", type=float, default=None,
+@click.option("--explode-threshold", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Mean |value| counted as exploding (default: 1e8).")
 @click.option("--solver", "solver_path", type=click.Path(dir_okay=False),
               help="solver.prototxt to use instead of the parameters printed in the log.")
@@ -210,9 +213,10 @@ def layers_command(log, stats, width) -> None:
 @cli.command("compare")
 @click.argument("baseline", metavar="BASELINE")
 @click.argument("new", metavar="NEW")
-@click.option("--factor", type=float, default=10.0, show_default=True,
+@click.option("--factor", type=click.FloatRange(min=1, min_open=True), default=10.0,
+              show_default=True,
               help="A per-layer magnitude this many times off the baseline is a departure.")
-@click.option("--margin", type=float, default=0.1, show_default=True,
+@click.option("--margin", type=click.FloatRange(min=0), default=0.1, show_default=True,
               help="Relative margin by which final loss/test outputs may be worse.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.option("--width", type=int, default=None)

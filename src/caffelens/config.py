@@ -41,6 +41,12 @@ class Settings:
             raise ConfigError(f"{exc.filename}: {exc.strerror}") from None
         except ProtoTextError as exc:
             raise ConfigError(f"{solver_path if solver is None else net_path}: {exc}") from None
+        from caffelens.rules import all_rules
+
+        for key in (select or ()) + (ignore or ()) + self.select + self.ignore:
+            if not any(r.code.startswith(key.upper()) or r.name == key.lower()
+                       for r in all_rules()):
+                raise ConfigError(f"no rule matches {key!r}; see `caffelens rules`")
         return Config(
             select=tuple(select) if select is not None else self.select,
             ignore=tuple(ignore) if ignore is not None else self.ignore,
@@ -70,10 +76,12 @@ def load_config(directory: Path) -> Settings:
 
 def _settings(data: dict, path: Path) -> Settings:
     def codes(key: str) -> tuple[str, ...]:
-        value = data.get(key, ())
+        value = data.get(key, [])
         if isinstance(value, str):
             value = value.split(",")
-        return tuple(str(v).strip() for v in value if str(v).strip())
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: {key} must be a list of rule codes or names")
+        return tuple(v.strip() for v in value if v.strip())
 
     threshold = data.get("explode-threshold", data.get("explode_threshold"))
     fail_on = data.get("fail-on", data.get("fail_on"))
@@ -83,4 +91,12 @@ def _settings(data: dict, path: Path) -> Settings:
         threshold = float(threshold) if threshold is not None else None
     except (TypeError, ValueError):
         raise ConfigError(f"{path}: explode-threshold must be a number") from None
-    return Settings(codes("select"), codes("ignore"), threshold, fail_on, data.get("format"))
+    if threshold is not None and not threshold > 0:  # also rejects nan
+        raise ConfigError(f"{path}: explode-threshold must be a positive number")
+    fmt = data.get("format")
+    if fmt is not None and fmt not in FORMAT_NAMES:
+        raise ConfigError(f"{path}: format must be one of {', '.join(FORMAT_NAMES)}")
+    return Settings(codes("select"), codes("ignore"), threshold, fail_on, fmt)
+
+
+FORMAT_NAMES = ("table", "json", "markdown", "github", "junit", "sarif")

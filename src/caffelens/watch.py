@@ -176,6 +176,7 @@ class LiveSession:
         self._seen: set[tuple] = set()
         self._last_eval = -math.inf
         self._dirty = False
+        self.diagnosis: Diagnosis | None = None
 
     def feed(self, lines: list[str]) -> list[Finding]:
         """Parse ``lines``; returns new alerts when the rules were due to run."""
@@ -201,6 +202,8 @@ class LiveSession:
             return []
         diagnosis = evaluate(self.builder.traces, self.parser.stats, self.config, self.name,
                              live_only=not final)
+        if final:
+            self.diagnosis = diagnosis
         new = []
         for finding in diagnosis.findings:
             key = (finding.run, finding.code, finding.layer)
@@ -218,7 +221,7 @@ class LiveSession:
         new = self.evaluate(final=True)
         if not self.builder.traces or self.parser.stats.caffe_lines == 0:
             return None, new
-        return evaluate(self.builder.traces, self.parser.stats, self.config, self.name), new
+        return self.diagnosis, new
 
     @property
     def trace(self) -> RunTrace | None:
@@ -381,8 +384,11 @@ class ExitOn(Exception):
     help="Format of the final diagnosis printed at the end of input.")
 @click.option("--fail-on", type=click.Choice(["error", "warning", "info", "never"]),
               default="error", help="Exit code rule for the final diagnosis (as diagnose).")
-@click.option("--explode-threshold", type=float, default=1e8)
-def watch_command(log, from_end, no_follow, plain, exit_on, fmt_name, fail_on,
+@click.option("--select", help="Comma-separated rule codes, code prefixes or names to run.")
+@click.option("--ignore", help="Comma-separated rule codes, code prefixes or names to skip.")
+@click.option("--explode-threshold", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Mean |value| counted as exploding (default: 1e8).")
+def watch_command(log, from_end, no_follow, plain, exit_on, fmt_name, fail_on, select, ignore,
                   explode_threshold) -> None:
     """Watch a training log as it grows: `tail -f train.log | caffelens watch`."""
     from caffelens.cli import Failed, exit_code
@@ -390,7 +396,15 @@ def watch_command(log, from_end, no_follow, plain, exit_on, fmt_name, fail_on,
     from caffelens.report import FORMATS
 
     name = "<stdin>" if log == "-" else log
-    session = LiveSession(Config(explode_threshold=explode_threshold), name)
+    from pathlib import Path
+
+    from caffelens.cli import _codes
+    from caffelens.config import load_config
+
+    config = load_config(Path.cwd()).engine_config(  # the same settings as diagnose
+        select=_codes(select) or None, ignore=_codes(ignore) or None,
+        explode_threshold=explode_threshold)
+    session = LiveSession(config, name)
     if log == "-":
         batches = stream_batches(sys.stdin)
     elif no_follow or _compressed(log):
@@ -476,9 +490,9 @@ def _run_plain(session: LiveSession, batches, level, out) -> None:
     for batch in batches:
         new = session.feed(batch) if batch else session.idle()
         for finding in new:
+            _check_exit(finding, level)  # the ExitOn handler prints it, once
             out.write(alert_line(finding) + "\n")
             out.flush()
-            _check_exit(finding, level)
 
 
 def _run_live(session: LiveSession, batches, level) -> None:
