@@ -144,10 +144,13 @@ def test_crash_before_and_after_done():
 
 def test_nan_loss_survives_history_thinning():
     """Runs longer than the bounded history still report their NaN (regression, review)."""
-    lines = [S + f"Iteration {i}, loss = {'nan' if i >= 4001 else '1.5'}" for i in range(9000)]
+    from caffelens.history import DIAGNOSE_POINTS
+
+    count = 8 * DIAGNOSE_POINTS + 1000
+    lines = [S + f"Iteration {i}, loss = {'nan' if i >= 4001 else '1.5'}" for i in range(count)]
     findings = caffelens.diagnose(lines, path="x").findings
     nan = next(f for f in findings if f.rule == "nan-loss")
-    assert nan.iteration == 4001 and "4999 of 9000" in nan.message
+    assert nan.iteration == 4001 and f"{count - 4001} of {count}" in nan.message
 
 
 def test_nan_loss_message_keeps_blob_case():

@@ -257,7 +257,8 @@ class TraceBuilder:
 
     def _append(self, column: list, record: Record) -> None:
         column.append(record)
-        if self.max_points is not None and len(column) > self.max_points:
+        # records are few next to debug values: keep 8× more of them before thinning
+        if self.max_points is not None and len(column) > 8 * self.max_points:
             thin(column)
 
     def _blob(self, trace: RunTrace, blob: BlobValue) -> None:

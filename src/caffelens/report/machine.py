@@ -53,7 +53,7 @@ def github(diagnoses: Sequence[Diagnosis], width: int = 100) -> str:
             if f.line is not None:
                 props.append(f"line={f.line}")
             props.append(f"title={escape_property(f'{f.code} {f.rule}')}")
-            text = f.message + (f" Fix: {f.fix}" if f.fix else "")
+            text = f.text()
             out.append(f"::{_GITHUB_LEVEL[f.severity]} {','.join(props)}::{escape_data(text)}")
     return "\n".join(out) + ("\n" if out else "")
 
@@ -82,10 +82,7 @@ def junit(diagnoses: Sequence[Diagnosis], width: int = 100) -> str:
             body = ""
             if found:
                 failures += 1
-                text = "\n".join(
-                    f"{f.severity} line {f.line}: {f.message}" + (f" Fix: {f.fix}" if f.fix else "")
-                    for f in found
-                )
+                text = "\n".join(f"{f.severity} line {f.line}: {f.text()}" for f in found)
                 body = (f"<failure message={_xml_attr(found[0].message)} "
                         f"type={_xml_attr(str(found[0].severity))}>{_xml_text(text)}</failure>")
             cases.append(
@@ -112,7 +109,7 @@ def sarif(diagnoses: Sequence[Diagnosis], width: int = 100) -> str:
             location = {"physicalLocation": {"artifactLocation": {"uri": d.path}}}
             if f.line is not None:
                 location["physicalLocation"]["region"] = {"startLine": f.line}
-            text = f.message + (f" Fix: {f.fix}" if f.fix else "")
+            text = f.text()
             results.append({
                 "ruleId": f.code,
                 "level": _SARIF_LEVEL[f.severity],

@@ -187,7 +187,8 @@ def markdown(diagnoses: Sequence[Diagnosis], width: int = 100) -> str:
         out.append("| severity | rule | iteration | where | what happened | what to change |")
         out.append("|---|---|---|---|---|---|")
         for f in d.findings:
-            message = f.message + (f" *Likely cause: {f.likely_cause}.*" if f.likely_cause else "")
+            message = " ".join([f.message, *f.evidence]) + (
+                f" *Likely cause: {f.likely_cause}.*" if f.likely_cause else "")
             cells = [str(f.severity), f"{f.code} {f.rule}",
                      "" if f.iteration is None else str(f.iteration), where(f, len(d.traces)),
                      message,

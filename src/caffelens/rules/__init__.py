@@ -44,6 +44,13 @@ class Finding:
     evidence: tuple[str, ...] = field(default=())
     """Supporting facts, one short sentence each (e.g. the earlier net-norm overflow)."""
 
+    def text(self) -> str:
+        """Message, evidence and fix in one paragraph, for formats with a single text field."""
+        parts = [self.message, *self.evidence]
+        if self.fix:
+            parts.append(f"Fix: {self.fix}")
+        return " ".join(parts)
+
     def to_dict(self) -> dict:
         value = self.value
         if isinstance(value, float) and not math.isfinite(value):

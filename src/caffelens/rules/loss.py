@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from caffelens.history import RunTrace
+from caffelens.records import Output
 from caffelens.rules import Context, Finding, Rule, Severity, fmt, register
 from caffelens.rules.numeric import lower_lr_fix
 
@@ -94,7 +95,7 @@ class LossDivergence(Rule):
     severity = Severity.WARNING
 
     def check(self, trace: RunTrace, context: Context) -> Iterator[Finding]:
-        losses = trace.losses
+        losses, note = _loss_series(trace)
         if len(losses) < 3:
             return
         raw = np.array([r.value for r in losses], dtype=float)
@@ -127,12 +128,31 @@ class LossDivergence(Rule):
         yield self.finding(
             f"The loss diverges at iteration {at.iteration}: {fmt(at.value)} against a minimum "
             f"of {fmt(minimum)} so far, and it never comes back (last: "
-            f"{fmt(losses[-1].value)}); lr was {fmt(lr)} then."
-            + (" The displayed loss even went negative, which a well-formed loss cannot: its "
-               "computation is numerically broken." if minimum < 0 else ""),
+            f"{fmt(losses[-1].value)}); lr was {fmt(lr)} then." + note,
             trace, fix=lower_lr_fix(trace, at.iteration), iteration=at.iteration,
             phase="train", value=at.value, line=at.line,
         )
+
+
+def _loss_series(trace: RunTrace) -> tuple[list, str]:
+    """The displayed losses, or — when they went negative, which a smoothed sum of
+    non-negative losses cannot — the weighted sum of the train outputs per iteration.
+
+    Caffe smooths the displayed loss with a running sum over `average_loss` iterations; one
+    huge spike leaves float rounding garbage in that sum for the rest of the run."""
+    losses = trace.losses
+    if not any(math.isfinite(r.value) and r.value < 0 for r in losses):
+        return losses, ""
+    totals: dict[int, Output] = {}
+    for o in trace.train_outputs():
+        if o.weight and o.iteration is not None:
+            previous = totals.get(o.iteration)
+            value = o.value * o.weight + (previous.value if previous else 0.0)
+            totals[o.iteration] = Output(o.line, o.run, o.iteration, "train", 0, 0, "total",
+                                         value)
+    note = (" (The displayed loss went negative — a loss spike corrupted Caffe's running sum — "
+            "so this is judged on the train outputs.)")
+    return list(totals.values()), note
 
 
 def _rolling_median(values: np.ndarray, window: int) -> np.ndarray:

@@ -268,6 +268,7 @@ class ExplodingValues(Rule):
     def check(self, trace: RunTrace, context: Context) -> Iterator[Finding]:
         large = trace.first_large
         if large is None:
+            yield from self._loss_spike(trace, context)
             return
         layer_type = trace.layer_type(large.layer)
         at = f"iteration {large.iteration}" if large.iteration is not None else "the log"
@@ -286,6 +287,21 @@ class ExplodingValues(Rule):
             iteration=large.iteration, phase=large.phase, direction=large.direction,
             layer=large.layer, layer_type=layer_type, blob=large.blob, role=large.role,
             value=large.value, line=large.line, likely_cause="gradient-explosion",
+        )
+
+    def _loss_spike(self, trace: RunTrace, context: Context) -> Iterator[Finding]:
+        """Without per-layer values, a displayed loss past the threshold is the evidence."""
+        spike = next((r for r in trace.losses if math.isfinite(r.value)
+                      and abs(r.value) >= context.explode_threshold), None)
+        if spike is None:
+            return
+        yield self.finding(
+            f"The displayed loss reaches {fmt(spike.value)} at iteration {spike.iteration} "
+            f"(≥ {context.explode_threshold:g}): the net diverged at least for a while.",
+            trace, fix=lower_lr_fix(trace, spike.iteration)
+            + ("" if trace.debug_info else "; set debug_info: true to see which layer exploded"),
+            iteration=spike.iteration, phase="train", value=spike.value, line=spike.line,
+            likely_cause="gradient-explosion",
         )
 
     def _growth(self, trace: RunTrace, large: BlobValue) -> tuple[float, int | None] | None:
