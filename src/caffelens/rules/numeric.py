@@ -176,6 +176,18 @@ class NanOnset(Rule):
                     + lower_lr_fix(trace, onset.iteration),
                 )
             hazard = _FORWARD_HAZARDS.get(layer_type or "", "an undefined operation")
+            block = trace.onset_block
+            if not block or block[0].line >= onset.line:  # an excerpt that starts at the NaN
+                return (
+                    "layer-forward",
+                    f"the lines before it are not in the log, so the inputs of {onset.layer} "
+                    f"cannot be checked; if they were finite, the layer produced it "
+                    f"({hazard})",
+                    f"check the input and the operation of `{onset.layer}` with the whole log "
+                    f"(debug_info: true, display: 1 around iteration {onset.iteration})"
+                    if onset.iteration is not None else
+                    f"check the input and the operation of `{onset.layer}` with the whole log",
+                )
             return (
                 "layer-forward",
                 f"layer {onset.layer} produced it from finite inputs ({hazard})",
