@@ -9,7 +9,7 @@ import pytest
 import caffelens
 from caffelens.records import (
     BlobValue, Crash, Finished, GradientClip, LearningRate, Loss, NetConfig, NetNorms, Output,
-    ParamSharing, Resume, SolverConfig, TestStart,
+    ParamSharing, Resume, SolverConfig,
 )
 
 from conftest import VARIANTS

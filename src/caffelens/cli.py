@@ -167,7 +167,7 @@ def export_command(log, fmt, table_phase, output) -> None:
             out.close()
     if parser.stats.records == 0:  # glog lines of some other program are not a Caffe log
         name = "<stdin>" if log == "-" else log
-        raise NotCaffeLog(f"{name}: {'empty log' if not parser.stats.lines else 'no Caffe training lines found'}")
+        raise NotCaffeLog.of(name, parser.stats)
 
 
 @cli.command("rules")

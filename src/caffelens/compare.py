@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from caffelens.engine import Config, Diagnosis, diagnose
 from caffelens.history import RunTrace
+from caffelens.records import json_number
 from caffelens.rules import Finding, Severity, fmt
 from caffelens.sources import Source
 
@@ -82,10 +83,7 @@ class Comparison:
         }
 
 
-def _json(value: float):
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
+_json = json_number
 
 
 def compare(baseline: Source, new: Source, factor: float = 10.0, margin: float = 0.1,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from caffelens.assemble import ParseStats, Parser, parse
 from caffelens.history import RunTrace, TraceBuilder
+from caffelens.records import json_number
 from caffelens.prototxt import NetDefinition, SolverSettings
 from caffelens.rules import Context, Finding, Rule, Severity, all_rules
 from caffelens.sources import InputError, Source
@@ -16,6 +17,10 @@ from caffelens.sources import InputError, Source
 
 class NotCaffeLog(InputError):
     """The input holds no line Caffe prints."""
+
+    @classmethod
+    def of(cls, name: str, stats: ParseStats) -> "NotCaffeLog":
+        return cls(f"{name}: {'empty log' if not stats.lines else 'no Caffe training lines found'}")
 
 
 @dataclass(frozen=True)
@@ -62,9 +67,7 @@ class Diagnosis:
                 last = hi if last is None else max(last, hi)
         final = None
         if self.last is not None and self.last.losses:
-            value = self.last.losses[-1].value
-            final = value if math.isfinite(value) else (
-                "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
+            final = json_number(self.last.losses[-1].value)
         return {
             "lines": self.stats.lines,
             "first_iteration": first,
@@ -107,9 +110,7 @@ def diagnose(source: Source, config: Config | None = None, path: str | None = No
             raise
         error = str(exc)
     if parser.stats.caffe_lines == 0 or not builder.traces:
-        if parser.stats.lines == 0:
-            raise NotCaffeLog(f"{name}: empty log")
-        raise NotCaffeLog(f"{name}: no Caffe training lines found")
+        raise NotCaffeLog.of(name, parser.stats)
     return evaluate(builder.traces, parser.stats, config, name, error)
 
 

@@ -49,9 +49,16 @@ def _json_fields(cls: type) -> list[tuple[str, str]]:
     return names
 
 
-def _jsonable(value: Any) -> Any:
+def json_number(value: Any) -> Any:
+    """A number for JSON: non-finite floats become the strings "nan", "inf", "-inf"."""
     if isinstance(value, float) and not math.isfinite(value):
         return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float):
+        return json_number(value)
     if isinstance(value, tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, (SolverSettings, NetDefinition)):

@@ -438,7 +438,7 @@ def watch_command(log, from_end, no_follow, plain, exit_on, fmt_name, fail_on, s
         out.flush()
         raise Failed() from None
     if diagnosis is None:
-        raise NotCaffeLog(f"{name}: {'empty log' if not session.parser.stats.lines else 'no Caffe training lines found'}")
+        raise NotCaffeLog.of(name, session.parser.stats)
     if fmt_name == "table":
         from caffelens.report.text import table
 

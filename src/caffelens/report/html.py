@@ -456,12 +456,12 @@ def _label_marks(fig, pending: list[tuple[Any, list[tuple[float, str, str]]]]) -
             px = ax.transData.transform((x, 0))[0] * 72 / fig.dpi
             at = max(px + 2, last + step)
             last = at
-            text = ax.annotate(_plain(label), xy=(x, 1), xycoords=("data", "axes fraction"),
-                               xytext=(at - px, -11), textcoords="offset points",
-                               rotation=90, ha="left", va="top", fontsize=8, color=color,
-                               annotation_clip=False, zorder=6,
-                               bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none",
-                                         alpha=0.75))
+            ax.annotate(_plain(label), xy=(x, 1), xycoords=("data", "axes fraction"),
+                           xytext=(at - px, -11), textcoords="offset points",
+                           rotation=90, ha="left", va="top", fontsize=8, color=color,
+                           annotation_clip=False, zorder=6,
+                           bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none",
+                                     alpha=0.75))
 
 
 def _plot_loss(ax, trace: RunTrace, findings) -> tuple[list, list]:

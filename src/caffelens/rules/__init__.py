@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from caffelens.history import RunTrace
+from caffelens.records import json_number
 
 
 class Severity(enum.IntEnum):
@@ -52,9 +53,7 @@ class Finding:
         return " ".join(parts)
 
     def to_dict(self) -> dict:
-        value = self.value
-        if isinstance(value, float) and not math.isfinite(value):
-            value = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        value = json_number(self.value)
         return {
             "code": self.code,
             "rule": self.rule,
