@@ -380,10 +380,11 @@ class ExitOn(Exception):
 @click.option("--exit-on", type=click.Choice(list(EXIT_LEVELS)), default="never",
               help="Exit 1 as soon as a finding at this level appears.")
 @click.option("--format", "fmt_name", type=click.Choice(
-    ["table", "json", "markdown", "github", "junit", "sarif"]), default="table",
-    help="Format of the final diagnosis printed at the end of input.")
+    ["table", "json", "markdown", "github", "junit", "sarif"]), default=None,
+    help="Format of the final diagnosis printed at the end of input (default: table).")
 @click.option("--fail-on", type=click.Choice(["error", "warning", "info", "never"]),
-              default="error", help="Exit code rule for the final diagnosis (as diagnose).")
+              default=None, help="Exit code rule for the final diagnosis, as diagnose "
+                                 "(default: error).")
 @click.option("--select", help="Comma-separated rule codes, code prefixes or names to run.")
 @click.option("--ignore", help="Comma-separated rule codes, code prefixes or names to skip.")
 @click.option("--explode-threshold", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -401,9 +402,12 @@ def watch_command(log, from_end, no_follow, plain, exit_on, fmt_name, fail_on, s
     from caffelens.cli import _codes
     from caffelens.config import load_config
 
-    config = load_config(Path.cwd()).engine_config(  # the same settings as diagnose
+    settings = load_config(Path.cwd())  # the same settings as diagnose
+    config = settings.engine_config(
         select=_codes(select) or None, ignore=_codes(ignore) or None,
         explode_threshold=explode_threshold)
+    fmt_name = fmt_name or settings.format or "table"
+    fail_on = fail_on or settings.fail_on or "error"
     session = LiveSession(config, name)
     if log == "-":
         batches = stream_batches(sys.stdin)
