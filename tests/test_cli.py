@@ -239,3 +239,14 @@ def test_bad_options_exit_2(tmp_path, capsys):
                  ["compare", healthy, healthy, "--factor", "0"]):
         code, _, err = call(args, capsys)
         assert code == 2 and "internal error" not in err, args
+
+
+def test_several_logs_one_document(capsys):
+    """Several paths run in a process pool and give one document / one summary table."""
+    logs = [str(corpus_log(n)) for n in ("healthy", "nan_input", "dead_relu_zero_diff")]
+    code, out, _ = call(["diagnose", *logs, "--format", "json"], capsys)
+    assert code == 1
+    assert [l["summary"]["status"] for l in json.loads(out)["logs"]] == ["ok", "error", "warning"]
+    code, out, _ = call(["diagnose", *logs, "--width", "120"], capsys)
+    assert code == 1 and "summary" in out
+    assert call(["diagnose", logs[0], "missing.log"], capsys)[0] == 2
