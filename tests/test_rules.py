@@ -158,3 +158,21 @@ def test_nan_loss_message_keeps_blob_case():
              S + "    Train net output #0: mbox_Loss = nan (* 1 = nan loss)"]
     nan = next(f for f in caffelens.diagnose(lines, path="x").findings if f.rule == "nan-loss")
     assert "mbox_Loss" in nan.message
+
+
+def test_nan_after_a_layer_that_grows_its_top():
+    """Seed rule: NaN born right after a layer whose top is larger than its bottom."""
+    shapes = "\n".join([
+        "I1125 22:24:32.99 21757 net.cpp:177] Setting up data",
+        "I1125 22:24:32.99 21757 net.cpp:184] Top shape: 8 1 4 4 (128)",
+        "I1125 22:24:32.99 21757 net.cpp:177] Setting up log",
+        "I1125 22:24:32.99 21757 net.cpp:184] Top shape: 8 1 16 16 (2048)",
+        "I1125 22:24:32.99 21757 net.cpp:177] Setting up ip",
+        "I1125 22:24:32.99 21757 net.cpp:184] Top shape: 8 10 (80)",
+    ])
+    findings = run(shapes, block(0), block(1, ip="nan"))
+    onset = next(f for f in findings if f.rule == "nan-onset")
+    assert onset.layer == "ip" and onset.likely_cause == "layer-forward"
+    assert any("right after log (Log)" in e and "2048" in e for e in onset.evidence)
+    quiet = run(block(0), block(1, ip="nan"))  # no Top shape lines: nothing claimed
+    assert not next(f for f in quiet if f.rule == "nan-onset").evidence

@@ -101,6 +101,10 @@ class NanOnset(Rule):
         if len(spread) > 1:
             message += f" NaN/Inf then spread to {len(spread) - 1} more layers within {at}."
         evidence = []
+        if cause in ("layer-forward", "loss-layer"):
+            grown = _growing_layer_before(trace, onset.layer)
+            if grown is not None:
+                evidence.append(grown)
         norms = trace.first_nonfinite_norms
         if norms is not None and norms.line < onset.line:
             evidence.append(
@@ -199,6 +203,46 @@ class NanOnset(Rule):
             "it was born in the backward pass, with no explosion before",
             lower_lr_fix(trace, onset.iteration),
         )
+
+
+def _top_count(trace: RunTrace, blob: str) -> tuple[str, int] | None:
+    """(producing layer, element count) of a blob, from the train net's `Top shape` lines."""
+    if trace.train_net is None:
+        return None
+    producer = None
+    for spec in trace.train_net.layers:
+        if blob in spec.tops:
+            producer = spec  # the last producer wins: in-place layers re-produce the blob
+    if producer is None or producer.name not in trace.shapes:
+        return None
+    shapes = trace.shapes[producer.name]
+    index = producer.tops.index(blob)
+    if index >= len(shapes):
+        return None
+    count = 1
+    for dim in shapes[index]:
+        count *= dim
+    return producer.name, count
+
+
+def _growing_layer_before(trace: RunTrace, layer: str) -> str | None:
+    """The layer feeding ``layer`` makes its top larger than its bottom (Deconvolution,
+    upsampling, Tile…): values it amplifies are where NaN tends to be born."""
+    spec = trace.layer(layer)
+    if spec is None or not spec.bottoms:
+        return None
+    fed = _top_count(trace, spec.bottoms[0])
+    if fed is None:
+        return None
+    producer = trace.layer(fed[0])
+    if producer is None or not producer.bottoms or producer.name == layer:
+        return None
+    source = _top_count(trace, producer.bottoms[0])
+    if source is None or fed[1] <= source[1]:
+        return None
+    return (f"It comes right after {producer.name} ({producer.type}), whose top "
+            f"({fed[1]} values) is larger than its bottom ({source[1]}): check that layer's "
+            f"weights and stride/upsampling factor.")
 
 
 def _first_in_block(trace: RunTrace, onset: BlobValue) -> bool:
