@@ -170,3 +170,24 @@ def test_live_view_golden():
     if os.environ.get("CAFFELENS_UPDATE_GOLDEN"):
         golden.write_text(text)
     assert text == golden.read_text()
+
+
+def test_exit_on_with_a_pipe_still_open():
+    """--exit-on ends watch cleanly (exit 1) while the writer still holds the pipe open."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "caffelens", "watch", "--plain",
+                             "--exit-on", "error"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(corpus_log("nan_input").read_bytes())
+    proc.stdin.flush()  # not closed: the training is "still running"
+    try:
+        out = proc.stdout.read()  # returns when watch exits and closes its stdout
+        err = proc.stderr.read()
+        code = proc.wait(timeout=60)
+    finally:
+        proc.stdin.close()
+        proc.kill()
+    assert code == 1, err
+    assert b"CL101 nan-onset" in out and b"Fatal Python error" not in err

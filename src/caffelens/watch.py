@@ -9,6 +9,7 @@ diagnosis is exactly what `diagnose` prints for the same log.
 from __future__ import annotations
 
 import codecs
+import io
 import math
 import os
 import queue
@@ -115,7 +116,13 @@ def stream_batches(stream, stop: threading.Event | None = None) -> Iterator[list
     def reader() -> None:
         splitter = LineSplitter()
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        read = getattr(binary, "read1", binary.read)
+        try:
+            # os.read holds no lock of the buffered stdin object, so the interpreter can
+            # exit (--exit-on) while this daemon thread waits for more input
+            fd = binary.fileno()
+            read = lambda size: os.read(fd, size)  # noqa: E731
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            read = getattr(binary, "read1", binary.read)
         try:
             while True:
                 data = read(CHUNK)
