@@ -209,8 +209,7 @@ class LiveSession:
             return []
         diagnosis = evaluate(self.builder.traces, self.parser.stats, self.config, self.name,
                              live_only=not final)
-        if final:
-            self.diagnosis = diagnosis
+        self.diagnosis = diagnosis  # the latest judgement of the log so far
         new = []
         for finding in diagnosis.findings:
             key = (finding.run, finding.code, finding.layer)
@@ -220,12 +219,16 @@ class LiveSession:
         self.alerts.extend(new)
         return new
 
-    def finish(self) -> tuple[Diagnosis | None, list[Finding]]:
-        """End of input: flush the parser, run every rule; (diagnosis, last new alerts)."""
-        for record in self.parser.finish():
-            self.builder.add(record)
+    def finish(self, stopped: bool = False) -> tuple[Diagnosis | None, list[Finding]]:
+        """End of input: flush the parser, run every rule; (diagnosis, last new alerts).
+
+        ``stopped``: watch quit on purpose (--exit-on) — the run is still going, so only the
+        rules that can judge a growing log are run (no "the log stops here")."""
+        if not stopped:
+            for record in self.parser.finish():
+                self.builder.add(record)
         self.finished = True
-        new = self.evaluate(final=True)
+        new = self.evaluate(final=not stopped)
         if not self.builder.traces or self.parser.stats.caffe_lines == 0:
             return None, new
         return self.diagnosis, new
@@ -443,7 +446,7 @@ def watch_command(log, from_end, no_follow, plain, exit_on, fmt_name, fail_on, s
         diagnosis, _ = session.finish()
     except ExitOn as stop:
         alerts_out.write(alert_line(stop.finding) + "\n")
-        diagnosis, _ = session.finish()
+        diagnosis, _ = session.finish(stopped=True)
         if diagnosis is not None:
             out.write(FORMATS[fmt_name]([diagnosis], 100))
         out.flush()
