@@ -127,6 +127,10 @@ class RunTrace:
     def layer(self, name: str) -> LayerDef | None:
         return self.train_net.layer(name) if self.train_net is not None else None
 
+    def producers(self, blob: str) -> list[LayerDef]:
+        """The train net's layers that write ``blob`` (none when the net is unknown)."""
+        return self.train_net.producers(blob) if self.train_net is not None else []
+
     def layer_type(self, name: str) -> str | None:
         spec = self.layer(name)
         if spec is None:

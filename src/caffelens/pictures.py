@@ -130,11 +130,6 @@ def heatmap(rows: LayerRows, iterations: list[int], columns: int,
     return table, buckets
 
 
-def axis(buckets: list[list[int]], findings: Sequence[Finding], label_width: int) -> Group:
-    """The iteration axis under a panel, with a ▲ under the bucket of each finding."""
-    return _axis(buckets, findings, label_width)
-
-
 def legend_for(findings: Sequence[Finding]) -> Text:
     """What each ▲ on the axes stands for."""
     text = Text()
@@ -148,7 +143,8 @@ def legend_for(findings: Sequence[Finding]) -> Text:
     return text
 
 
-def _axis(buckets: list[list[int]], findings: Sequence[Finding], label_width: int) -> Group:
+def axis(buckets: list[list[int]], findings: Sequence[Finding], label_width: int) -> Group:
+    """The iteration axis under a panel, with a ▲ under the bucket of each finding."""
     marks = Text(" " * (label_width + 2))
     placed: dict[int, Finding] = {}
     for finding in findings:

@@ -677,6 +677,11 @@ class NetDefinition:
     the last layer may be incomplete."""
     raw: Message = field(default_factory=dict, compare=False, hash=False, repr=False)
 
+    def producers(self, blob: str) -> list[LayerDef]:
+        """The layers with ``blob`` among their tops, in net order (in-place layers re-produce
+        their input, so the last one is what a consumer further down reads)."""
+        return [layer for layer in self.layers if blob in layer.tops]
+
     def layer(self, name: str, phase: str | None = None) -> LayerDef | None:
         """The first layer called ``name`` (in ``phase``, or in both phases, when given)."""
         for layer in self.layers:

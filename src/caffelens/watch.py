@@ -91,10 +91,6 @@ class Follower:
                 lines.extend(self.poll())
         return lines
 
-    def read_to_end(self) -> list[str]:
-        """Everything there is now, including a last line without its newline (--no-follow)."""
-        return self.poll() + self._splitter.flush()
-
     def _replaced(self) -> bool:
         """Rotated (a new file at the path) or truncated (smaller than what we read)."""
         try:

@@ -60,13 +60,11 @@ class LossSaturated(Rule):
 
 def _softmax_output(trace: RunTrace, blob: str) -> bool:
     """True when ``blob`` is the top of a softmax loss layer, or when the net is unknown."""
-    if trace.train_net is None:
+    producers = trace.producers(blob)
+    if not producers:
         return True
-    for spec in trace.train_net.layers:
-        if blob in spec.tops:
-            return "Softmax" in spec.type or spec.type in ("MultinomialLogisticLoss",
-                                                           "InfogainLoss")
-    return True
+    return "Softmax" in producers[0].type or producers[0].type in ("MultinomialLogisticLoss",
+                                                                   "InfogainLoss")
 
 
 def _is_saturated(ratio: float, batch: int | None) -> bool:
@@ -208,8 +206,8 @@ def _class_count(trace: RunTrace) -> int | None:
         if spec.type not in ("SoftmaxWithLoss", "SoftmaxLoss") or not spec.bottoms:
             continue
         logits = spec.bottoms[0]
-        for producer in net.layers:
-            if logits in producer.tops and producer.name in trace.shapes:
+        for producer in net.producers(logits):
+            if producer.name in trace.shapes:
                 shapes = trace.shapes[producer.name]
                 index = producer.tops.index(logits)
                 if index < len(shapes) and len(shapes[index]) >= 2:
@@ -237,7 +235,8 @@ class DominantLoss(Rule):
         if dominant is None:
             return
         name, weighted, weight, others = dominant
-        layer = _layer_with_top(trace, name) or name
+        producers = trace.producers(name)
+        layer = producers[0].name if producers else name
         first = next(o for o in trace.train_outputs() if o.name == name)
         iteration, line = first.iteration, first.line
         evidence = ()
@@ -263,12 +262,3 @@ class DominantLoss(Rule):
             layer_type=trace.layer_type(layer), blob=name, value=weighted, line=line,
             evidence=evidence,
         )
-
-
-def _layer_with_top(trace: RunTrace, blob: str) -> str | None:
-    if trace.train_net is None:
-        return None
-    for spec in trace.train_net.layers:
-        if blob in spec.tops:
-            return spec.name
-    return None

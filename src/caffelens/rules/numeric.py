@@ -207,12 +207,8 @@ class NanOnset(Rule):
 
 def _top_count(trace: RunTrace, blob: str) -> tuple[str, int] | None:
     """(producing layer, element count) of a blob, from the train net's `Top shape` lines."""
-    if trace.train_net is None:
-        return None
-    producer = None
-    for spec in trace.train_net.layers:
-        if blob in spec.tops:
-            producer = spec  # the last producer wins: in-place layers re-produce the blob
+    producers = trace.producers(blob)
+    producer = producers[-1] if producers else None  # in-place layers re-produce the blob
     if producer is None or producer.name not in trace.shapes:
         return None
     shapes = trace.shapes[producer.name]
@@ -528,7 +524,8 @@ def _dead_input(trace: RunTrace, layer: str, iteration: int) -> tuple[str, str, 
         return s.values[s.iterations.index(iteration)] if s and iteration in s.iterations else None
 
     if not any(value(("forward", producer, "top", bottom, "data")) == 0
-               for bottom in spec.bottoms for producer in _producers(trace, bottom)):
+               for bottom in spec.bottoms for producer in
+               (p.name for p in trace.producers(bottom))):
         return None
     tops = sorted(
         (s.lines[s.iterations.index(iteration)], k[1], k[3])
@@ -539,24 +536,17 @@ def _dead_input(trace: RunTrace, layer: str, iteration: int) -> tuple[str, str, 
     return (tops[0][1], tops[0][2], True) if tops else None
 
 
-def _producers(trace: RunTrace, blob: str) -> list[str]:
-    return [spec.name for spec in trace.train_net.layers if blob in spec.tops] \
-        if trace.train_net is not None else []
-
-
 def _bias_of_input(trace: RunTrace, layer: str) -> tuple[str, float] | None:
     """The layer feeding ``layer`` and its bias magnitude, when the bias is unusually large."""
     spec = trace.layer(layer)
-    if spec is None or not spec.bottoms or trace.train_net is None:
+    if spec is None or not spec.bottoms:
         return None
-    producer = None
-    for candidate in trace.train_net.layers:
-        if candidate.name == layer:
-            break
-        if spec.bottoms[0] in candidate.tops:
-            producer = candidate
-    if producer is None:
+    names = [other.name for other in trace.train_net.layers] if trace.train_net else []
+    before = [p for p in trace.producers(spec.bottoms[0])
+              if names.index(p.name) < names.index(layer)]
+    if not before:
         return None
+    producer = before[-1]  # the last writer of the blob before ``layer`` reads it
     series = trace.series.get(("forward", producer.name, "param", "1", "data"))
     if series is None or not series.values:
         return None
