@@ -41,11 +41,10 @@ class Settings:
             raise ConfigError(f"{exc.filename}: {exc.strerror}") from None
         except ProtoTextError as exc:
             raise ConfigError(f"{solver_path if solver is None else net_path}: {exc}") from None
-        from caffelens.rules import all_rules
+        from caffelens.rules import all_rules, matches
 
         for key in (select or ()) + (ignore or ()) + self.select + self.ignore:
-            if not any(r.code.startswith(key.upper()) or r.name == key.lower()
-                       for r in all_rules()):
+            if not any(matches(rule, key) for rule in all_rules()):
                 raise ConfigError(f"no rule matches {key!r}; see `caffelens rules`")
         return Config(
             select=tuple(select) if select is not None else self.select,

@@ -12,6 +12,7 @@ from caffelens.history import RunTrace, TraceBuilder
 from caffelens.records import json_number
 from caffelens.prototxt import NetDefinition, SolverSettings
 from caffelens.rules import Context, Finding, Rule, Severity, all_rules
+from caffelens.rules import matches as rule_matches
 from caffelens.sources import InputError, Source
 
 
@@ -84,7 +85,7 @@ def selected(rule: Rule, config: Config) -> bool:
     """flake8-style selection: a code prefix or a rule name; ignore wins over select."""
 
     def matches(keys: Iterable[str]) -> bool:
-        return any(rule.code.startswith(k.upper()) or rule.name == k.lower() for k in keys)
+        return any(rule_matches(rule, k) for k in keys)
 
     if config.select and not matches(config.select):
         return False

@@ -102,6 +102,11 @@ class Rule:
                        run=trace.run, **where)
 
 
+def matches(rule: Rule | type[Rule], key: str) -> bool:
+    """flake8-style selection: ``key`` is a code prefix ("CL1" selects CL101…) or a rule name."""
+    return rule.code.startswith(key.upper()) or rule.name == key.lower()
+
+
 REGISTRY: list[type[Rule]] = []
 
 
