@@ -13,6 +13,10 @@ import datetime as _dt
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import compress, repeat
+from operator import add, getitem
+
+import numpy as np
 
 from caffelens import lines as L
 from caffelens.prototxt import NetDefinition, ProtoTextError, SolverSettings, net_from_text
@@ -38,7 +42,7 @@ from caffelens.records import (
     TestStart,
     TopShape,
 )
-from caffelens.sources import Source, iter_lines
+from caffelens.sources import CHUNK, Source, iter_line_batches
 
 MAX_DUMP_LINES = 200_000
 MAX_DUMP_CHARS = 4_000_000
@@ -47,6 +51,9 @@ solver that embeds its net is longer, but not this long): stop collecting it."""
 
 MAX_PENDING = 1_000_000
 """Debug values held back waiting for their display line; flushed beyond this."""
+
+MAX_SKELETONS = 100_000
+"""Distinct debug-line skeletons remembered; a real net has a few thousand at most."""
 
 _ITER_IN_PATH = re.compile(r"_iter_(\d{1,18})")
 
@@ -99,12 +106,21 @@ class _Clock:
 class Parser:
     """Streaming parser: feed it lines, get records. Use :func:`parse` for the common case."""
 
-    def __init__(self, fast: bool = True, blob_sink=None) -> None:
+    def __init__(self, fast: bool = True, blob_sink=None, block_sink=None,
+                 record_sink=None) -> None:
         self.fast = fast
         """Use the skeleton cache for debug lines; False is the plain reference path."""
         self.blob_sink = blob_sink
         """Called with a debug value's fields (BlobValue's order, without the param ones)
         instead of building a record: `diagnose` keeps only what its rules need."""
+        self.block_sink = block_sink
+        """With ``blob_sink``: called with runs of debug values as arrays, ``(run, iteration,
+        phase, net, keys, lines, ids, values, passes, batches)`` where ``keys[ids[i]]`` is
+        value i's (direction, layer, role, blob, stat); passes (train) or batches (test) is
+        None. See :meth:`caffelens.history.TraceBuilder.values`."""
+        self.record_sink = record_sink
+        """Called with each record instead of returning it, in log order with the calls to the
+        two sinks above (returned records reach their reader only after a whole batch)."""
         self.stats = ParseStats()
         self.run = 0
         self.solver: SolverSettings | None = None
@@ -128,7 +144,14 @@ class Parser:
         self._test_outputs_seen = False
         self._multiline: tuple[str, str] | None = None  # NVCaffe 0.16 "[Forward] Layer L" header
         self._root_thread: int | None = None
-        self._skeletons: dict[str, tuple] = {}  # debug-line skeleton -> (direction, …, stat)
+        # debug-line skeleton (the line after its timestamp, up to the value) -> key id
+        self._skeletons: dict[str, int] = {}
+        self._key_start: int | None = None  # where skeletons start: the timestamp's width
+        self.keys: list[tuple] = []  # key id -> (direction, layer, role, blob, stat)
+        self._key_ids: dict[tuple, int] = {}
+        self._backward = np.zeros(0, dtype=bool)  # key id -> is a Backward value
+        self._pending_values = 0
+        self._skeletons_learned = False  # a display line came after debug lines were cached
         self._params: dict[tuple, tuple] = {}  # (phase, net, layer, printed param) -> (index, name)
         # start-up context
         self._dump: list[str] | None = None
@@ -141,28 +164,134 @@ class Parser:
     # -- public ---------------------------------------------------------------------------
 
     def feed(self, text: str, number: int) -> Sequence[Record]:
-        """Consume one line (``number`` is 1-based); return the records it completes.
+        """Consume one line (``number`` is 1-based); return the records it completes."""
+        return self.feed_lines([text], number)
+
+    def feed_lines(self, lines: Sequence[str], number: int) -> list[Record]:
+        """Consume consecutive lines, ``lines[0]`` being line ``number``; return their records.
 
         Fast path: debug lines repeat the same skeleton (`[Forward] Layer conv1, top blob conv1
-        data: `) every displayed iteration, so a skeleton seen once is looked up, not matched.
+        data: `) every displayed iteration. A skeleton read once is looked up for the whole
+        list with C-level ``map`` passes, and a run of known debug lines moves on as numpy
+        arrays; other lines take the general path one at a time. The records are those of
+        the general path (``fast=False``), which tests check on every log we have.
         """
+        out: list[Record] = []
+        emit = out.extend if self.record_sink is None else self._to_record_sink
+        learned = 0  # line by line until a whole display block has taught us its skeletons
+        while learned < len(lines) and (not self.fast or not self._skeletons_learned):
+            emit(self._slow(lines[learned], number + learned))
+            learned += 1
+        if learned:
+            lines, number = lines[learned:], number + learned
+            if not lines:
+                return out
+        colons = list(map(str.rfind, lines, repeat(": ")))
+        skeletons = map(getitem, lines, map(slice, repeat(self._key_start), colons))
+        ids = np.fromiter(map(self._skeletons.get, skeletons, repeat(-1)), np.int64, len(lines))
+        values = self._read_values(lines, colons, ids)
+        start = 0
+        for stop in [*np.flatnonzero(ids < 0).tolist(), len(lines)]:
+            if stop > start:
+                self._debug_run(ids[start:stop], values[start:stop], number + start, emit)
+            if stop < len(lines):
+                emit(self._slow(lines[stop], number + stop))
+            start = stop + 1
+        return out
+
+    def _to_record_sink(self, records: Sequence[Record]) -> None:
+        for record in records:
+            self.record_sink(record)
+
+    def consume(self, source: Source, chunk_size: int = CHUNK) -> None:
+        """Read all of ``source`` into the sinks (``record_sink`` must be set)."""
+        number = 1
+        for batch in iter_line_batches(source, chunk_size):
+            self.feed_lines(batch, number)
+            number += len(batch)
+        self._to_record_sink(list(self.finish()))
+
+    def _test_run(self, ids: np.ndarray, values: np.ndarray, first: int) -> list[Record]:
+        """Test-net values: a key seen again in this test starts its next batch."""
+        keys, seen = self.keys, self._batch_keys
+        batches = []
+        for key in ids.tolist():
+            key = keys[key]
+            if key[:4] in seen:
+                self._batch += 1
+                seen.clear()
+            seen.add(key[:4])
+            batches.append(self._batch)
+        if self.blob_sink is not None and self.block_sink is not None:
+            self.block_sink(self.run, self._test_iteration, "test", self._test_net, keys,
+                            np.arange(first, first + len(ids)), ids, values, None,
+                            np.array(batches))
+            return []
+        out: list[Record] = []
+        for number, key, value, batch in zip(range(first, first + len(ids)), ids.tolist(),
+                                             values.tolist(), batches):
+            direction, layer, role, blob, stat = keys[key]
+            out.extend(self._emit_blob(number, self._test_iteration, "test", self._test_net, 0,
+                                       batch, direction, layer, role, blob, stat, value))
+        return out
+
+    @staticmethod
+    def _read_values(lines: Sequence[str], colons: list[int], ids: np.ndarray) -> np.ndarray:
+        """The value of every line with a known skeleton; a value the general path would read
+        otherwise (MSVC's ``1.#QNAN``, ``7065.09 (0.14)``, ``1_0``) un-marks its line."""
+        known = (ids >= 0).tolist()
+        raw = list(map(getitem, compress(lines, known),
+                       map(slice, map(add, compress(colons, known), repeat(2)), repeat(None))))
+        values = np.zeros(len(lines))
+        at = np.flatnonzero(ids >= 0)
+        try:
+            if _plain_numbers("\n".join(raw)):
+                values[at] = np.fromiter(map(float, raw), np.float64, len(raw))
+                return values
+        except ValueError:
+            pass
+        for index, text in zip(at.tolist(), raw):  # rare: find the lines to read one by one
+            try:
+                if not _plain_numbers(text):
+                    raise ValueError(text)
+                values[index] = float(text)
+            except ValueError:
+                ids[index] = -1
+        return values
+
+    def _slow(self, text: str, number: int) -> list[Record]:
         self.stats.lines += 1
-        if self._dump is None and self.fast:
-            q = text.rfind(": ")
-            if q > 0:
-                end = text.find("] ")
-                entry = self._skeletons.get(_skeleton(text, end, q))
-                if entry is not None and entry[0] == end:  # same prefix layout as when cached
-                    value = text[q + 2:]
-                    if "_" not in value and not value[:1].isspace():
-                        try:
-                            number_value = float(value)
-                        except ValueError:
-                            pass
-                        else:
-                            self.stats.caffe_lines += 1
-                            return self._blob(*entry[1:], number_value, number)
         return list(self._feed(text, number))
+
+    def _debug_run(self, ids: np.ndarray, values: np.ndarray, first: int, emit) -> None:
+        """Consecutive debug lines with known skeletons, from line ``first`` on."""
+        count = len(ids)
+        self.stats.lines += count
+        self.stats.caffe_lines += count
+        if self._dump is not None:
+            emit(list(self._finish_dump()))  # a prefixed line ends a dump
+        self._trained = True
+        if self._phase == "test" and self._test_outputs_seen:
+            self._phase = "train"  # the test is over; this is the next training block
+        if self._phase == "test":
+            emit(self._test_run(ids, values, first))
+            return
+        # passes: a Forward value after a Backward one starts the next pass (iter_size)
+        backward = self._backward[ids]
+        next_pass = backward[:-1] & ~backward[1:]
+        if (self._saw_backward and not backward[0]) or next_pass.any():
+            starts = np.empty(count, dtype=np.int64)
+            starts[0] = self._saw_backward and not backward[0]
+            starts[1:] = next_pass
+            passes = self._pass + np.cumsum(starts)
+            self._pass = int(passes[-1])
+        else:
+            passes = self._pass
+        self._saw_backward = bool(backward[-1])
+        self._pending.append(("values", first, ids, values, passes))
+        self._pending_values += count
+        if self._pending_values >= MAX_PENDING:
+            emit(list(self._flush(self._predicted_iteration())))
 
     def _feed(self, text: str, number: int) -> Iterator[Record]:
         prefix, message = L.split_prefix(text)
@@ -193,9 +322,15 @@ class Parser:
         yield from handler(event, number, time, thread)
 
     def _remember_skeleton(self, text: str, event: tuple) -> None:
+        """Cache a debug line's skeleton when the fast path would read it exactly as here."""
         q = text.rfind(": ")
-        if q <= 0 or len(self._skeletons) > 100_000:
+        width = L.timestamp_width(text)
+        if q <= 0 or width is None or len(self._skeletons) > MAX_SKELETONS:
             return
+        if self._key_start is None:
+            self._key_start = width
+        if width != self._key_start:
+            return  # another prefix layout (a concatenated log): the general path reads it
         raw = text[q + 2:]
         if "_" in raw or raw[:1].isspace():
             return
@@ -204,8 +339,13 @@ class Parser:
         except ValueError:
             return  # e.g. "7065.09 (0.140806)": always take the slow path
         if value == event[6] or (value != value and event[6] != event[6]):
-            end = text.find("] ")
-            self._skeletons[_skeleton(text, end, q)] = (end, *event[1:6])
+            key = event[1:6]
+            key_id = self._key_ids.get(key)
+            if key_id is None:
+                key_id = self._key_ids[key] = len(self.keys)
+                self.keys.append(key)
+                self._backward = np.append(self._backward, key[0] == "backward")
+            self._skeletons[text[width:q]] = key_id
 
     def finish(self) -> Iterator[Record]:
         """End of input: complete a dump in progress and flush held-back debug values."""
@@ -251,9 +391,10 @@ class Parser:
         elif direction == "backward":
             self._saw_backward = True
         self._pending.append(
-            (number, direction, layer, role, blob, stat, value, self._pass)
+            ("value", number, direction, layer, role, blob, stat, value, self._pass)
         )
-        if len(self._pending) >= MAX_PENDING:
+        self._pending_values += 1
+        if self._pending_values >= MAX_PENDING:
             return list(self._flush(self._predicted_iteration()))
         return ()
 
@@ -283,7 +424,7 @@ class Parser:
         other_worker = (
             self._root_thread is not None and thread is not None and thread != self._root_thread
         )
-        if other_worker and not any(p[0] != "norms" for p in self._pending):
+        if other_worker and all(p[0] == "norms" for p in self._pending):
             # multi-GPU: a non-root solver's line for the iteration just displayed
             yield NetNorms(number, self.run, self._last_display, 0, l1_data, l1_diff,
                            l2_data, l2_diff, thread)
@@ -295,21 +436,56 @@ class Parser:
         pending, self._pending = self._pending, []
         self._pass = 0
         self._saw_backward = False
+        self._pending_values = 0
         sink, run = self.blob_sink, self.run
+        keys = self.keys
+        bulk = sink is not None and self.block_sink is not None
+        runs: list[tuple] = []  # consecutive debug runs, handed to block_sink together
         for item in pending:
-            if sink is not None and item[0] != "norms":  # the hot loop of diagnose
-                number, direction, layer, role, blob, stat, value, pass_index = item
-                sink(number, run, iteration, "train", 0, pass_index, None,
-                     direction, layer, blob, role, stat, value)
-            elif item[0] == "norms":
+            tag = item[0]
+            if tag == "values" and bulk:
+                runs.append(item)
+                continue
+            if runs:
+                self._to_block_sink(iteration, runs)
+                runs = []
+            if tag == "values":
+                _, first, ids, values, passes = item
+                if isinstance(passes, int):
+                    passes = repeat(passes)
+                else:
+                    passes = passes.tolist()
+                for number, key, value, pass_index in zip(
+                        range(first, first + len(ids)), ids.tolist(), values.tolist(), passes):
+                    direction, layer, role, blob, stat = keys[key]
+                    yield from self._emit_blob(
+                        number, iteration, "train", 0, pass_index, None,
+                        direction, layer, role, blob, stat, value,
+                    )
+            elif tag == "norms":
                 _, number, l1d, l1g, l2d, l2g, thread, pass_index = item
                 yield NetNorms(number, self.run, iteration, pass_index, l1d, l1g, l2d, l2g, thread)
+            elif sink is not None:  # the hot loop of diagnose
+                _, number, direction, layer, role, blob, stat, value, pass_index = item
+                sink(number, run, iteration, "train", 0, pass_index, None,
+                     direction, layer, blob, role, stat, value)
             else:
-                number, direction, layer, role, blob, stat, value, pass_index = item
+                _, number, direction, layer, role, blob, stat, value, pass_index = item
                 yield from self._emit_blob(
                     number, iteration, "train", 0, pass_index, None,
                     direction, layer, role, blob, stat, value,
                 )
+        if runs:
+            self._to_block_sink(iteration, runs)
+
+    def _to_block_sink(self, iteration: int | None, runs: list[tuple]) -> None:
+        parts = [(np.arange(first, first + len(ids)), ids, values,
+                  np.full(len(ids), passes) if isinstance(passes, int) else passes)
+                 for _, first, ids, values, passes in runs]
+        lines, ids, values, passes = (
+            parts[0] if len(parts) == 1 else [np.concatenate(column) for column in zip(*parts)])
+        self.block_sink(self.run, iteration, "train", 0, self.keys, lines, ids, values, passes,
+                        None)
 
     def _emit_blob(self, number, iteration, phase, net, pass_index, batch,
                    direction, layer, role, blob, stat, value) -> tuple:
@@ -378,6 +554,7 @@ class Parser:
         self._phase = "train"
         self._last_display = iteration
         self._after_lr = None
+        self._skeletons_learned = bool(self._skeletons)
         yield Loss(number, self.run, iteration, value, time, rate)
 
     def _on_lr(self, event, number, time, thread):
@@ -525,27 +702,31 @@ class Parser:
             self.test_nets = []
 
 
-def _skeleton(text: str, end: int, colon: int) -> str:
-    """A debug line without its glog timestamp and value: `…651]     [Forward] Layer conv1,
-    top blob conv1 data`. Keeps the end of the prefix (``end`` is where `] ` is) so the tag and
-    direction are in it."""
-    return text[end - 12 if end >= 12 else 0:colon]
+def _plain_numbers(joined: str) -> bool:
+    """Values (one per line of ``joined``) the general path reads as float() does: no "_"
+    (float accepts "1_0", C++ never prints it) and no whitespace before a number (the general
+    pattern wants the number right after ": "). Non-ASCII text goes the general way."""
+    return (joined.isascii() and "_" not in joined and "\n " not in joined
+            and "\n\t" not in joined and not joined[:1].isspace())
 
 
-def parse(source: Source, parser: Parser | None = None) -> Iterator[Record]:
+def parse(source: Source, parser: Parser | None = None,
+          chunk_size: int = CHUNK) -> Iterator[Record]:
     """Yield the records of a Caffe log lazily.
 
     ``source`` is a path (plain, .gz, .bz2 or .xz), an open text or binary stream (stdin), or
     any iterable of lines. Malformed lines are skipped and counted in ``parser.stats``; pass
-    your own :class:`Parser` to read them afterwards.
+    your own :class:`Parser` to read them afterwards. ``chunk_size`` (characters of log per
+    batch of lines) matters only to tests.
     """
     parser = parser or Parser()
-    number = 0
+    number = 1
     stats = parser.stats
-    for number, text in enumerate(iter_lines(source), 1):
-        for record in parser.feed(text, number):
+    for batch in iter_line_batches(source, chunk_size):
+        for record in parser.feed_lines(batch, number):
             stats.records += 1
             yield record
+        number += len(batch)
     for record in parser.finish():
         stats.records += 1
         yield record

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from caffelens.assemble import ParseStats, Parser, parse
+from caffelens.assemble import ParseStats, Parser
 from caffelens.history import RunTrace, TraceBuilder
 from caffelens.records import json_number
 from caffelens.prototxt import NetDefinition, SolverSettings
@@ -100,12 +100,12 @@ def diagnose(source: Source, config: Config | None = None, path: str | None = No
     """
     config = config or Config()
     builder = TraceBuilder(config.explode_threshold)
-    parser = Parser(blob_sink=builder.blob)  # debug values go straight into the traces
+    # debug values go straight into the traces, in bulk where they can
+    parser = Parser(blob_sink=builder.blob, block_sink=builder.values, record_sink=builder.add)
     name = path or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<stdin>")
     error = None
     try:
-        for record in parse(source, parser):
-            builder.add(record)
+        parser.consume(source)
     except InputError as exc:
         if parser.stats.caffe_lines == 0:
             raise

@@ -11,6 +11,7 @@ import math
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 
@@ -59,6 +60,23 @@ class Series:
             for column in (self.iterations, self.values, self.lines):
                 thin(column)
 
+    def extend(self, iterations: np.ndarray, values: np.ndarray, lines: np.ndarray,
+               cap: int | None = None) -> None:
+        """``add`` for each item in turn, a slice at a time (same points kept when thinning)."""
+        start, count = 0, len(values)
+        if count and self.iterations and self.iterations[-1] == iterations[0]:
+            self.values[-1], self.lines[-1] = float(values[0]), int(lines[0])
+            start = 1
+        while start < count:
+            stop = count if cap is None else min(count, start + cap + 1 - len(self.values))
+            self.iterations.frombytes(iterations[start:stop].astype(np.int64).tobytes())
+            self.values.frombytes(values[start:stop].astype(np.float64).tobytes())
+            self.lines.frombytes(lines[start:stop].astype(np.int64).tobytes())
+            start = stop
+            if cap is not None and len(self.values) > cap:
+                for column in (self.iterations, self.values, self.lines):
+                    thin(column)
+
     def array(self) -> np.ndarray:
         return np.asarray(self.values, dtype=float)
 
@@ -103,15 +121,18 @@ class RunTrace:
     first_large: BlobValue | None = None
     first_line: int | None = None
     last_line: int | None = None
-    # the Forward/Backward block of one (iteration, pass), in print order, for context
-    _onset_raw: list[tuple] = field(default_factory=list)
+    # the Forward/Backward block of one (iteration, pass), in print order, for context: raw
+    # BlobValue tuples, or _Values of a clean block (expanded only if NaN follows in it)
+    _onset_raw: list = field(default_factory=list)
     _block_key: tuple | None = None
-    _block: list[tuple] = field(default_factory=list)
+    _block: list = field(default_factory=list)
+    _rows: _Rows | None = None
 
     @property
     def onset_block(self) -> list[BlobValue]:
         """The train block (iteration, pass) where the first non-finite value appeared."""
-        return [BlobValue(*raw) for raw in self._onset_raw]
+        return [BlobValue(*raw) for piece in self._onset_raw
+                for raw in (piece.raw() if isinstance(piece, _Values) else (piece,))]
 
     # -- derived facts ------------------------------------------------------------------
 
@@ -184,6 +205,43 @@ DIAGNOSE_POINTS = 8192
 logs (older points are thinned evenly, first and last kept)."""
 
 
+@dataclass
+class _Values:
+    """A clean run of training debug values kept as arrays (a block's context)."""
+
+    keys: list[tuple]
+    lines: np.ndarray
+    ids: np.ndarray
+    values: np.ndarray
+    run: int
+    iteration: int | None
+    pass_index: int
+
+    def raw(self) -> list[tuple]:
+        keys, run, iteration, pass_index = self.keys, self.run, self.iteration, self.pass_index
+        return [(line, run, iteration, "train", 0, pass_index, None, keys[key][0], keys[key][1],
+                 keys[key][3], keys[key][2], keys[key][4], value)
+                for line, key, value in zip(self.lines.tolist(), self.ids.tolist(),
+                                            self.values.tolist())]
+
+
+@dataclass
+class _Rows:
+    """Displayed iterations with the same set of series, as rows of a matrix: a block costs
+    one row append, not one append per series; columns go to the series every so often."""
+
+    keys: list[tuple]
+    layout: bytes  # the block's key ids as printed, before duplicates are dropped
+    ids: np.ndarray  # series key id per column
+    iterations: list[int] = field(default_factory=list)
+    values: list[np.ndarray] = field(default_factory=list)
+    lines: list[np.ndarray] = field(default_factory=list)
+
+
+ROWS_HELD = 1 << 18
+"""Values held as rows before they move into their series (bounds that memory)."""
+
+
 class TraceBuilder:
     """Feed records in log order; read ``traces`` (one per run) at the end."""
 
@@ -192,13 +250,22 @@ class TraceBuilder:
         self.explode_threshold = explode_threshold
         self.max_points = max_points
         """Bound on every stored history (None: keep all); `watch` sets it for week-long runs."""
-        self.traces: list[RunTrace] = []
+        self._traces: list[RunTrace] = []
         self._shapes_done: set[int] = set()
+        self._layouts: dict[bytes, np.ndarray | None] = {}
+
+    @property
+    def traces(self) -> list[RunTrace]:
+        """The runs so far, every series up to date."""
+        for trace in self._traces:
+            if trace._rows is not None:
+                self._store_rows(trace)
+        return self._traces
 
     def trace(self, run: int) -> RunTrace:
-        while len(self.traces) <= run:
-            self.traces.append(RunTrace(len(self.traces)))
-        return self.traces[run]
+        while len(self._traces) <= run:
+            self._traces.append(RunTrace(len(self._traces)))
+        return self._traces[run]
 
     def add_all(self, records: Iterable[Record]) -> list[RunTrace]:
         for record in records:
@@ -206,7 +273,7 @@ class TraceBuilder:
         return self.traces
 
     def add(self, record: Record) -> None:
-        traces = self.traces
+        traces = self._traces
         trace = traces[record.run] if record.run < len(traces) else self.trace(record.run)
         if trace.first_line is None:
             trace.first_line = record.line
@@ -273,7 +340,7 @@ class TraceBuilder:
     def blob(self, line, run, iteration, phase, net, pass_index, batch, direction, layer,
              blob, role, stat, value) -> None:
         """One debug value, in BlobValue's field order (the parser's ``blob_sink``)."""
-        traces = self.traces
+        traces = self._traces
         trace = traces[run] if run < len(traces) else self.trace(run)
         if trace.first_line is None:
             trace.first_line = line
@@ -302,8 +369,73 @@ class TraceBuilder:
                              layer, blob, role, stat, value))
         if onset:
             trace._onset_raw = trace._block  # keeps growing until the block ends
+        if trace._rows is not None:
+            self._store_rows(trace)  # keep each series in log order
         key = (direction, layer, role, blob, stat)
         series = trace.series.get(key)
         if series is None:
             series = trace.series[key] = Series()
         series.add(iteration, value, line, self.max_points)
+
+    def values(self, run, iteration, phase, net, keys, lines, ids, values, passes,
+               batches) -> None:
+        """Debug values in bulk (the parser's ``block_sink``): ``keys[ids[i]]`` is value i's
+        (direction, layer, role, blob, stat); ``passes`` (train) or ``batches`` (test) may be
+        None. A block with NaN, Inf or a huge value goes value by value to :meth:`blob`."""
+        trace = self._traces[run] if run < len(self._traces) else self.trace(run)
+        if not (np.isfinite(values).all() and values.max() < self.explode_threshold):
+            pass_list = passes.tolist() if passes is not None else repeat(0)
+            batch_list = batches.tolist() if batches is not None else repeat(None)
+            for line, key, value, pass_index, batch in zip(
+                    lines.tolist(), ids.tolist(), values.tolist(), pass_list, batch_list):
+                direction, layer, role, blob, stat = keys[key]
+                self.blob(line, run, iteration, phase, net, pass_index, batch, direction, layer,
+                          blob, role, stat, value)
+            return
+        if trace.first_line is None:
+            trace.first_line = int(lines[0])
+        trace.last_line = int(lines[-1])
+        trace.blob_count += len(values)
+        if phase != "train":
+            return
+        last = int(passes[-1])
+        if passes[0] != last:  # iter_size: series keep the last pass, the context too
+            in_last = passes == last
+            lines, ids, values = lines[in_last], ids[in_last], values[in_last]
+        if (iteration, last) != trace._block_key:
+            trace._block_key = (iteration, last)
+            trace._block = []
+        trace._block.append(_Values(keys, lines, ids, values, run, iteration, last))
+        if iteration is None:
+            return
+        layout = ids.tobytes()
+        if layout not in self._layouts:  # the same key twice: the last one counts
+            _, first_from_end = np.unique(ids[::-1], return_index=True)
+            last_of_each = np.sort(len(ids) - 1 - first_from_end)
+            self._layouts[layout] = last_of_each if len(last_of_each) < len(ids) else None
+        unique = self._layouts[layout]
+        if unique is not None:
+            lines, ids, values = lines[unique], ids[unique], values[unique]
+        rows = trace._rows
+        if rows is not None and (rows.layout != layout or rows.keys is not keys
+                                 or rows.iterations[-1] == iteration):
+            self._store_rows(trace)
+            rows = None
+        if rows is None:
+            rows = trace._rows = _Rows(keys, layout, ids)
+        rows.iterations.append(iteration)
+        rows.values.append(values)
+        rows.lines.append(lines)
+        if len(rows.iterations) * len(ids) >= ROWS_HELD:
+            self._store_rows(trace)
+
+    def _store_rows(self, trace: RunTrace) -> None:
+        rows, trace._rows = trace._rows, None
+        iterations = np.array(rows.iterations, dtype=np.int64)
+        values, lines = np.vstack(rows.values), np.vstack(rows.lines)
+        for column, key in enumerate(rows.ids.tolist()):
+            key = rows.keys[key]
+            series = trace.series.get(key)
+            if series is None:
+                series = trace.series[key] = Series()
+            series.extend(iterations, values[:, column], lines[:, column], self.max_points)

@@ -32,6 +32,16 @@ def split_prefix(line: str) -> tuple[tuple[str, str, float, int] | None, str]:
     return (level, date, seconds, int(thread)), line[m.end():]
 
 
+_TIMESTAMP = re.compile(r"[IWEF](?:\d{8}|\d{4}) \d\d:\d\d:\d\d(?:\.\d{1,9})?")
+
+
+def timestamp_width(line: str) -> int | None:
+    """Length of the glog level+date+time that opens ``line`` (None without one): the part of
+    a debug line that changes from one display to the next, with the value."""
+    m = _TIMESTAMP.match(line)
+    return m.end() if m is not None else None
+
+
 # --- numbers --------------------------------------------------------------------------------
 
 

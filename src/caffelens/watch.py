@@ -175,6 +175,8 @@ class LiveSession:
     def __post_init__(self) -> None:
         self.builder = TraceBuilder(self.config.explode_threshold, max_points=HISTORY)
         self.parser.blob_sink = self.builder.blob  # as diagnose: no record per debug value
+        self.parser.block_sink = self.builder.values
+        self.parser.record_sink = self._add
         self._line = 0
         self._seen: set[tuple] = set()
         self._last_eval = -math.inf
@@ -183,15 +185,15 @@ class LiveSession:
 
     def feed(self, lines: list[str]) -> list[Finding]:
         """Parse ``lines``; returns new alerts when the rules were due to run."""
-        feed, add = self.parser.feed, self.builder.add
-        for text in lines:
-            self._line += 1
-            for record in feed(text, self._line):
-                add(record)
-                self._dirty = True
+        self.parser.feed_lines(lines, self._line + 1)
+        self._line += len(lines)
         if self._dirty and self.clock() - self._last_eval >= EVALUATE_EVERY:
             return self.evaluate()
         return []
+
+    def _add(self, record) -> None:
+        self.builder.add(record)
+        self._dirty = True
 
     def idle(self) -> list[Finding]:
         """No new lines for a moment: run the rules if records came since they last ran."""

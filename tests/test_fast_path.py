@@ -1,0 +1,129 @@
+"""The bulk path (debug lines recognised a list at a time, values as arrays into the traces)
+gives exactly what the one-line-at-a-time reference path gives, however the log is cut up."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import caffelens
+from caffelens.engine import evaluate
+from caffelens.history import Series, TraceBuilder
+
+from conftest import CORPUS, VARIANTS
+
+LOGS = sorted(CORPUS.glob("*/train.log")) + sorted(VARIANTS.glob("*.log"))
+IDS = [p.parent.name if p.name == "train.log" else p.stem for p in LOGS]
+CHUNKS = [150, 4096, 1 << 20]  # a line or two per batch, a few dozen, the whole log
+
+
+def records(path, chunk_size, fast=True):
+    return [r.to_dict() for r in caffelens.parse(path, caffelens.Parser(fast=fast),
+                                                 chunk_size=chunk_size)]
+
+
+@pytest.mark.parametrize("path", LOGS, ids=IDS)
+def test_bulk_records_equal_reference_at_every_batch_size(path):
+    reference = records(path, 1 << 20, fast=False)
+    for chunk in CHUNKS:
+        assert records(path, chunk) == reference, chunk
+
+
+def traces_in_bulk(path, chunk_size):
+    builder = TraceBuilder()
+    parser = caffelens.Parser(blob_sink=builder.blob, block_sink=builder.values,
+                              record_sink=builder.add)
+    parser.consume(path, chunk_size)
+    return builder.traces, parser.stats
+
+
+def series_of(traces):
+    return [{key: (list(s.iterations), list(map(repr, s.values)), list(s.lines))
+             for key, s in t.series.items()} for t in traces]
+
+
+@pytest.mark.parametrize("path", LOGS, ids=IDS)
+def test_bulk_traces_equal_traces_from_records(path):
+    parser = caffelens.Parser(fast=False)
+    expected = TraceBuilder().add_all(caffelens.parse(path, parser))
+    want = evaluate(expected, parser.stats, caffelens.Config(), "x")
+    for chunk in CHUNKS:
+        traces, stats = traces_in_bulk(path, chunk)
+        assert series_of(traces) == series_of(expected), chunk
+        # series keys in the same order: rules that walk them report in that order
+        assert [list(t.series) for t in traces] == [list(t.series) for t in expected]
+        assert [(t.blob_count, t.first_line, t.last_line) for t in traces] == \
+            [(t.blob_count, t.first_line, t.last_line) for t in expected]
+        assert [[b.to_dict() for b in t.onset_block] for t in traces] == \
+            [[b.to_dict() for b in t.onset_block] for t in expected]
+        got = evaluate(traces, stats, caffelens.Config(), "x")
+        assert [f.to_dict() for f in got.findings] == [f.to_dict() for f in want.findings]
+
+
+def test_bulk_thinning_keeps_the_same_points_as_one_by_one(tmp_path):
+    """A log longer than the history kept per series: the same points survive thinning."""
+    source = (CORPUS / "healthy" / "train.log").read_text().splitlines()
+    start = next(i for i, line in enumerate(source) if "[Forward]" in line)
+    end = next(i for i, line in enumerate(source) if ", loss = " in line and i > start) + 1
+    head, block = source[:start], source[start:end]
+    lines = list(head)
+    for n in range(300):
+        lines += [line.replace(f"Iteration {block[-1].split('Iteration ')[1].split(',')[0]},",
+                               f"Iteration {n * 10},") for line in block]
+    path = tmp_path / "long.log"
+    path.write_text("\n".join(lines) + "\n")
+    parser = caffelens.Parser(fast=False)
+    expected = TraceBuilder(max_points=16).add_all(caffelens.parse(path, parser))
+    builder = TraceBuilder(max_points=16)
+    bulk = caffelens.Parser(blob_sink=builder.blob, block_sink=builder.values,
+                            record_sink=builder.add)
+    bulk.consume(path, chunk_size=5000)
+    assert len(next(iter(expected[0].series.values())).values) <= 16
+    assert series_of(builder.traces) == series_of(expected)
+
+
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 40), max_size=120), st.sampled_from([None, 2, 3, 8]),
+       st.integers(1, 9))
+def test_series_extend_is_add_in_turn(steps, cap, cut):
+    """extend() a slice at a time keeps exactly the points add() one by one keeps."""
+    iterations = np.cumsum(np.array(steps, dtype=np.int64))  # repeats = iter_size passes
+    values = np.arange(len(steps), dtype=float)
+    lines = np.arange(len(steps), dtype=np.int64) + 100
+    one, bulk = Series(), Series()
+    for i, v, n in zip(iterations.tolist(), values.tolist(), lines.tolist()):
+        one.add(i, v, n, cap)
+    # slices never repeat an iteration inside, as the builder's rows never do
+    bounds = [0] + [k for k in range(1, len(steps)) if steps[k] != 0 and k % cut == 0]
+    bounds.append(len(steps))
+    for a, b in zip(bounds, bounds[1:]):
+        for k in range(a, b):  # a repeat inside a slice goes through add, like a new row
+            if k > a and iterations[k] == iterations[k - 1]:
+                break
+        else:
+            bulk.extend(iterations[a:b], values[a:b], lines[a:b], cap)
+            continue
+        for k in range(a, b):
+            bulk.add(int(iterations[k]), float(values[k]), int(lines[k]), cap)
+    assert (list(bulk.iterations), list(bulk.values), list(bulk.lines)) == \
+        (list(one.iterations), list(one.values), list(one.lines))
+
+
+def test_nan_in_a_bulk_run_is_found_with_its_block(tmp_path):
+    """A NaN read in bulk still gets its first-onset line and the block around it."""
+    source = (CORPUS / "lr_explode_nan" / "train.log").read_text()
+    parser = caffelens.Parser(fast=False)
+    expected = TraceBuilder().add_all(caffelens.parse(CORPUS / "lr_explode_nan" / "train.log",
+                                                      parser))
+    rng = random.Random(0)
+    for _ in range(3):
+        chunk = rng.randrange(100, 20000)
+        traces, _ = traces_in_bulk(CORPUS / "lr_explode_nan" / "train.log", chunk)
+        assert traces[0].first_nonfinite == expected[0].first_nonfinite
+        assert traces[0].first_large == expected[0].first_large
+        assert len(traces[0].onset_block) == len(expected[0].onset_block) > 10
+    assert "nan" in source
