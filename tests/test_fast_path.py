@@ -127,3 +127,44 @@ def test_nan_in_a_bulk_run_is_found_with_its_block(tmp_path):
         assert traces[0].first_large == expected[0].first_large
         assert len(traces[0].onset_block) == len(expected[0].onset_block) > 10
     assert "nan" in source
+
+
+# --- a helper process tokenizes, this one assembles ------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["healthy", "lr_explode_nan", "iter_size", "resume"])
+def test_parallel_diagnose_equals_single_process(name):
+    path = CORPUS / name / "train.log"
+    one = caffelens.diagnose(path, parallel=False)
+    two = caffelens.diagnose(path, parallel=True)
+    assert [f.to_dict() for f in two.findings] == [f.to_dict() for f in one.findings]
+    assert two.summary() == one.summary()
+    assert series_of(two.traces) == series_of(one.traces)
+
+
+def test_parallel_reads_compressed_logs(tmp_path):
+    import gzip
+
+    path = tmp_path / "train.log.gz"
+    path.write_bytes(gzip.compress((CORPUS / "lr_explode_nan" / "train.log").read_bytes()))
+    two = caffelens.diagnose(path, parallel=True)
+    one = caffelens.diagnose(CORPUS / "lr_explode_nan" / "train.log", parallel=False)
+    assert [f.to_dict() for f in two.findings] == [f.to_dict() for f in one.findings]
+
+
+def test_parallel_missing_file_is_an_input_error(tmp_path):
+    with pytest.raises(caffelens.InputError, match="no such file"):
+        caffelens.diagnose(tmp_path / "nope.log", parallel=True)
+
+
+def test_parallel_cut_archive_gives_the_partial_result(tmp_path):
+    import gzip
+
+    data = gzip.compress((CORPUS / "lr_explode_nan" / "train.log").read_bytes())
+    path = tmp_path / "cut.log.gz"
+    path.write_bytes(data[: len(data) * 2 // 3])
+    two = caffelens.diagnose(path, parallel=True)
+    one = caffelens.diagnose(path, parallel=False)
+    assert two.error and one.error
+    assert [f.to_dict() for f in two.findings] == [f.to_dict() for f in one.findings]
+    assert two.stats.lines == one.stats.lines > 100

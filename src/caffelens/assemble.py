@@ -13,8 +13,7 @@ import datetime as _dt
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import compress, repeat
-from operator import add, getitem
+from itertools import repeat
 
 import numpy as np
 
@@ -43,6 +42,7 @@ from caffelens.records import (
     TopShape,
 )
 from caffelens.sources import CHUNK, Source, iter_line_batches
+from caffelens.tokens import Tokenizer, Tokens, tokenize_source
 
 MAX_DUMP_LINES = 200_000
 MAX_DUMP_CHARS = 4_000_000
@@ -52,8 +52,8 @@ solver that embeds its net is longer, but not this long): stop collecting it."""
 MAX_PENDING = 1_000_000
 """Debug values held back waiting for their display line; flushed beyond this."""
 
-MAX_SKELETONS = 100_000
-"""Distinct debug-line skeletons remembered; a real net has a few thousand at most."""
+_TIMED = frozenset({"loss", "lr", "test_start", "output", "test_score"})
+"""Events whose records carry the time (the clock starts at the first line with an event)."""
 
 _ITER_IN_PATH = re.compile(r"_iter_(\d{1,18})")
 
@@ -144,14 +144,10 @@ class Parser:
         self._test_outputs_seen = False
         self._multiline: tuple[str, str] | None = None  # NVCaffe 0.16 "[Forward] Layer L" header
         self._root_thread: int | None = None
-        # debug-line skeleton (the line after its timestamp, up to the value) -> key id
-        self._skeletons: dict[str, int] = {}
-        self._key_start: int | None = None  # where skeletons start: the timestamp's width
+        self.tokenizer = Tokenizer(fast)
         self.keys: list[tuple] = []  # key id -> (direction, layer, role, blob, stat)
-        self._key_ids: dict[tuple, int] = {}
         self._backward = np.zeros(0, dtype=bool)  # key id -> is a Backward value
         self._pending_values = 0
-        self._skeletons_learned = False  # a display line came after debug lines were cached
         self._params: dict[tuple, tuple] = {}  # (phase, net, layer, printed param) -> (index, name)
         # start-up context
         self._dump: list[str] | None = None
@@ -170,45 +166,43 @@ class Parser:
     def feed_lines(self, lines: Sequence[str], number: int) -> list[Record]:
         """Consume consecutive lines, ``lines[0]`` being line ``number``; return their records.
 
-        Fast path: debug lines repeat the same skeleton (`[Forward] Layer conv1, top blob conv1
-        data: `) every displayed iteration. A skeleton read once is looked up for the whole
-        list with C-level ``map`` passes, and a run of known debug lines moves on as numpy
-        arrays; other lines take the general path one at a time. The records are those of
-        the general path (``fast=False``), which tests check on every log we have.
+        Debug lines repeat the same skeleton every displayed iteration: those seen before are
+        read for the whole list at once (:mod:`caffelens.tokens`) and move on as numpy arrays;
+        other lines take the general path. The records are those of the general path
+        (``fast=False``), which tests check on every log we have, at every batch size.
         """
+        return self.feed_tokens(self.tokenizer.tokenize(lines), number)
+
+    def feed_tokens(self, tokens: Tokens, number: int) -> list[Record]:
+        """:meth:`feed_lines` for lines already tokenized (maybe in another process)."""
         out: list[Record] = []
         emit = out.extend if self.record_sink is None else self._to_record_sink
-        learned = 0  # line by line until a whole display block has taught us its skeletons
-        while learned < len(lines) and (not self.fast or not self._skeletons_learned):
-            emit(self._slow(lines[learned], number + learned))
-            learned += 1
-        if learned:
-            lines, number = lines[learned:], number + learned
-            if not lines:
-                return out
-        colons = list(map(str.rfind, lines, repeat(": ")))
-        skeletons = map(getitem, lines, map(slice, repeat(self._key_start), colons))
-        ids = np.fromiter(map(self._skeletons.get, skeletons, repeat(-1)), np.int64, len(lines))
-        values = self._read_values(lines, colons, ids)
+        if tokens.new_keys:
+            self.keys.extend(tokens.new_keys)
+            self._backward = np.array([key[0] == "backward" for key in self.keys], dtype=bool)
+        ids, values = tokens.ids, tokens.values
         start = 0
-        for stop in [*np.flatnonzero(ids < 0).tolist(), len(lines)]:
-            if stop > start:
-                self._debug_run(ids[start:stop], values[start:stop], number + start, emit)
-            if stop < len(lines):
-                emit(self._slow(lines[stop], number + stop))
-            start = stop + 1
+        for index, text, prefix, event in tokens.others:
+            if index > start:
+                self._debug_run(ids[start:index], values[start:index], number + start, emit)
+            self.stats.lines += 1
+            emit(list(self._feed(text, number + index, prefix, event)))
+            start = index + 1
+        if tokens.count > start:
+            self._debug_run(ids[start:], values[start:], number + start, emit)
         return out
 
     def _to_record_sink(self, records: Sequence[Record]) -> None:
         for record in records:
             self.record_sink(record)
 
-    def consume(self, source: Source, chunk_size: int = CHUNK) -> None:
-        """Read all of ``source`` into the sinks (``record_sink`` must be set)."""
+    def consume(self, source: Source, chunk_size: int = CHUNK, parallel: bool = False) -> None:
+        """Read all of ``source`` into the sinks (``record_sink`` must be set); ``parallel``:
+        tokenize in a helper process (see :func:`caffelens.tokens.tokenize_source`)."""
         number = 1
-        for batch in iter_line_batches(source, chunk_size):
-            self.feed_lines(batch, number)
-            number += len(batch)
+        for tokens in tokenize_source(source, self.fast, chunk_size, parallel):
+            self.feed_tokens(tokens, number)
+            number += tokens.count
         self._to_record_sink(list(self.finish()))
 
     def _test_run(self, ids: np.ndarray, values: np.ndarray, first: int) -> list[Record]:
@@ -234,34 +228,6 @@ class Parser:
             out.extend(self._emit_blob(number, self._test_iteration, "test", self._test_net, 0,
                                        batch, direction, layer, role, blob, stat, value))
         return out
-
-    @staticmethod
-    def _read_values(lines: Sequence[str], colons: list[int], ids: np.ndarray) -> np.ndarray:
-        """The value of every line with a known skeleton; a value the general path would read
-        otherwise (MSVC's ``1.#QNAN``, ``7065.09 (0.14)``, ``1_0``) un-marks its line."""
-        known = (ids >= 0).tolist()
-        raw = list(map(getitem, compress(lines, known),
-                       map(slice, map(add, compress(colons, known), repeat(2)), repeat(None))))
-        values = np.zeros(len(lines))
-        at = np.flatnonzero(ids >= 0)
-        try:
-            if _plain_numbers("\n".join(raw)):
-                values[at] = np.fromiter(map(float, raw), np.float64, len(raw))
-                return values
-        except ValueError:
-            pass
-        for index, text in zip(at.tolist(), raw):  # rare: find the lines to read one by one
-            try:
-                if not _plain_numbers(text):
-                    raise ValueError(text)
-                values[index] = float(text)
-            except ValueError:
-                ids[index] = -1
-        return values
-
-    def _slow(self, text: str, number: int) -> list[Record]:
-        self.stats.lines += 1
-        return list(self._feed(text, number))
 
     def _debug_run(self, ids: np.ndarray, values: np.ndarray, first: int, emit) -> None:
         """Consecutive debug lines with known skeletons, from line ``first`` on."""
@@ -293,59 +259,29 @@ class Parser:
         if self._pending_values >= MAX_PENDING:
             emit(list(self._flush(self._predicted_iteration())))
 
-    def _feed(self, text: str, number: int) -> Iterator[Record]:
-        prefix, message = L.split_prefix(text)
+    def _feed(self, text: str, number: int, prefix, event) -> Iterator[Record]:
+        """One line the general way; ``prefix`` and ``event`` from :mod:`caffelens.lines`."""
         if self._dump is not None:
             if (prefix is None and len(self._dump) < MAX_DUMP_LINES
                     and self._dump_chars + len(text) < MAX_DUMP_CHARS and L.looks_like_proto(text)):
                 self._dump.append(text)
                 self._dump_chars += len(text) + 1
                 return
-            if prefix is not None and not message.strip() and not self._dump:
+            if prefix is not None and not L.split_prefix(text)[1].strip() and not self._dump:
                 return  # NVCaffe/Intel print the dump header and an empty prefixed line
             yield from self._finish_dump()
-        level = thread = None
-        time = None
+        thread = time = None
         if prefix is not None:
-            level, date, seconds, thread = prefix
+            _, date, seconds, thread = prefix
             self.stats.caffe_lines += 1
-        event = L.classify(message, level)
         if event is None:
             return
         if prefix is None:
             self.stats.caffe_lines += 1
-        else:
+        elif event[0] in _TIMED or self._clock.start is None:
             time = self._clock.seconds(date, seconds)
-        if event[0] == "blob" and self.fast:
-            self._remember_skeleton(text, event)
         handler = getattr(self, "_on_" + event[0])
         yield from handler(event, number, time, thread)
-
-    def _remember_skeleton(self, text: str, event: tuple) -> None:
-        """Cache a debug line's skeleton when the fast path would read it exactly as here."""
-        q = text.rfind(": ")
-        width = L.timestamp_width(text)
-        if q <= 0 or width is None or len(self._skeletons) > MAX_SKELETONS:
-            return
-        if self._key_start is None:
-            self._key_start = width
-        if width != self._key_start:
-            return  # another prefix layout (a concatenated log): the general path reads it
-        raw = text[q + 2:]
-        if "_" in raw or raw[:1].isspace():
-            return
-        try:
-            value = float(raw)
-        except ValueError:
-            return  # e.g. "7065.09 (0.140806)": always take the slow path
-        if value == event[6] or (value != value and event[6] != event[6]):
-            key = event[1:6]
-            key_id = self._key_ids.get(key)
-            if key_id is None:
-                key_id = self._key_ids[key] = len(self.keys)
-                self.keys.append(key)
-                self._backward = np.append(self._backward, key[0] == "backward")
-            self._skeletons[text[width:q]] = key_id
 
     def finish(self) -> Iterator[Record]:
         """End of input: complete a dump in progress and flush held-back debug values."""
@@ -479,11 +415,14 @@ class Parser:
             self._to_block_sink(iteration, runs)
 
     def _to_block_sink(self, iteration: int | None, runs: list[tuple]) -> None:
-        parts = [(np.arange(first, first + len(ids)), ids, values,
-                  np.full(len(ids), passes) if isinstance(passes, int) else passes)
-                 for _, first, ids, values, passes in runs]
-        lines, ids, values, passes = (
-            parts[0] if len(parts) == 1 else [np.concatenate(column) for column in zip(*parts)])
+        if len(runs) == 1:  # the usual display block: one run of debug lines
+            _, first, ids, values, passes = runs[0]
+            lines = np.arange(first, first + len(ids))
+        else:
+            parts = [(np.arange(first, first + len(ids)), ids, values,
+                      np.full(len(ids), passes) if isinstance(passes, int) else passes)
+                     for _, first, ids, values, passes in runs]
+            lines, ids, values, passes = [np.concatenate(column) for column in zip(*parts)]
         self.block_sink(self.run, iteration, "train", 0, self.keys, lines, ids, values, passes,
                         None)
 
@@ -554,7 +493,6 @@ class Parser:
         self._phase = "train"
         self._last_display = iteration
         self._after_lr = None
-        self._skeletons_learned = bool(self._skeletons)
         yield Loss(number, self.run, iteration, value, time, rate)
 
     def _on_lr(self, event, number, time, thread):
@@ -700,14 +638,6 @@ class Parser:
             self.solver = None
             self.train_net = None
             self.test_nets = []
-
-
-def _plain_numbers(joined: str) -> bool:
-    """Values (one per line of ``joined``) the general path reads as float() does: no "_"
-    (float accepts "1_0", C++ never prints it) and no whitespace before a number (the general
-    pattern wants the number right after ": "). Non-ASCII text goes the general way."""
-    return (joined.isascii() and "_" not in joined and "\n " not in joined
-            and "\n\t" not in joined and not joined[:1].isspace())
 
 
 def parse(source: Source, parser: Parser | None = None,

@@ -128,7 +128,9 @@ def diagnose_all(logs: Sequence[str], config: Config) -> list[Diagnosis]:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(min(len(logs), os.cpu_count() or 1)) as pool:
-            return list(pool.map(diagnose, logs, [config] * len(logs)))
+            # the pool has the cores already: no helper process per log
+            return list(pool.map(diagnose, logs, [config] * len(logs), [None] * len(logs),
+                                 [False] * len(logs)))
     return [diagnose(_open_source(log), config, path=log if log != "-" else "<stdin>")
             for log in logs]
 

@@ -14,6 +14,7 @@ from caffelens.prototxt import NetDefinition, SolverSettings
 from caffelens.rules import Context, Finding, Rule, Severity, all_rules
 from caffelens.rules import matches as rule_matches
 from caffelens.sources import InputError, Source
+from caffelens.tokens import helpful
 
 
 class NotCaffeLog(InputError):
@@ -92,8 +93,12 @@ def selected(rule: Rule, config: Config) -> bool:
     return not matches(config.ignore)
 
 
-def diagnose(source: Source, config: Config | None = None, path: str | None = None) -> Diagnosis:
+def diagnose(source: Source, config: Config | None = None, path: str | None = None,
+             parallel: bool | None = None) -> Diagnosis:
     """Parse ``source`` and run every selected rule on each training run in it.
+
+    ``parallel``: read and tokenize in a helper process (two cores on one log); by default
+    for a file of 8 MB or more when the machine has a spare core.
 
     Raises :class:`InputError` when the input cannot be read at all and
     :class:`NotCaffeLog` when it holds no Caffe line.
@@ -105,7 +110,7 @@ def diagnose(source: Source, config: Config | None = None, path: str | None = No
     name = path or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<stdin>")
     error = None
     try:
-        parser.consume(source)
+        parser.consume(source, parallel=helpful(source) if parallel is None else parallel)
     except InputError as exc:
         if parser.stats.caffe_lines == 0:
             raise

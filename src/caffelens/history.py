@@ -380,11 +380,12 @@ class TraceBuilder:
     def values(self, run, iteration, phase, net, keys, lines, ids, values, passes,
                batches) -> None:
         """Debug values in bulk (the parser's ``block_sink``): ``keys[ids[i]]`` is value i's
-        (direction, layer, role, blob, stat); ``passes`` (train) or ``batches`` (test) may be
-        None. A block with NaN, Inf or a huge value goes value by value to :meth:`blob`."""
+        (direction, layer, role, blob, stat); ``passes`` (train: an array, or one pass as an
+        int) or ``batches`` (test) may be None. A block with NaN, Inf or a huge value goes value by value to :meth:`blob`."""
         trace = self._traces[run] if run < len(self._traces) else self.trace(run)
-        if not (np.isfinite(values).all() and values.max() < self.explode_threshold):
-            pass_list = passes.tolist() if passes is not None else repeat(0)
+        if not (values.max() < self.explode_threshold and values.min() > -math.inf):
+            pass_list = repeat(passes) if isinstance(passes, int) else (
+                passes.tolist() if passes is not None else repeat(0))
             batch_list = batches.tolist() if batches is not None else repeat(None)
             for line, key, value, pass_index, batch in zip(
                     lines.tolist(), ids.tolist(), values.tolist(), pass_list, batch_list):
@@ -398,10 +399,13 @@ class TraceBuilder:
         trace.blob_count += len(values)
         if phase != "train":
             return
-        last = int(passes[-1])
-        if passes[0] != last:  # iter_size: series keep the last pass, the context too
-            in_last = passes == last
-            lines, ids, values = lines[in_last], ids[in_last], values[in_last]
+        if isinstance(passes, int):
+            last = passes
+        else:
+            last = int(passes[-1])
+            if passes[0] != last:  # iter_size: series keep the last pass, the context too
+                in_last = passes == last
+                lines, ids, values = lines[in_last], ids[in_last], values[in_last]
         if (iteration, last) != trace._block_key:
             trace._block_key = (iteration, last)
             trace._block = []
