@@ -100,7 +100,24 @@ class _Clock:
         t = day * 86400.0 + seconds_of_day
         if self.start is None:
             self.start = t
-        return round(t - self.start, 6)
+        return round((t - self.start) * 1e6) / 1e6  # whole microseconds, as glog prints
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """A run of debug lines, by its sequence of keys."""
+
+    starts_backward: bool
+    ends_backward: bool
+    passes: np.ndarray | None
+    """Pass of each value counted from the first (None: all in one pass)."""
+    batches: np.ndarray
+    """Test batch of each value, when the run starts a test."""
+    batch_count: int
+    last_batch_keys: frozenset
+
+
+MAX_LAYOUTS = 10_000
 
 
 class Parser:
@@ -148,6 +165,7 @@ class Parser:
         self.keys: list[tuple] = []  # key id -> (direction, layer, role, blob, stat)
         self._backward = np.zeros(0, dtype=bool)  # key id -> is a Backward value
         self._pending_values = 0
+        self._layouts: dict[bytes, _Layout] = {}
         self._params: dict[tuple, tuple] = {}  # (phase, net, layer, printed param) -> (index, name)
         # start-up context
         self._dump: list[str] | None = None
@@ -205,29 +223,61 @@ class Parser:
             number += tokens.count
         self._to_record_sink(list(self.finish()))
 
-    def _test_run(self, ids: np.ndarray, values: np.ndarray, first: int) -> list[Record]:
+    def _test_run(self, ids: np.ndarray, values: np.ndarray, first: int,
+                  layout: _Layout) -> list[Record]:
         """Test-net values: a key seen again in this test starts its next batch."""
-        keys, seen = self.keys, self._batch_keys
-        batches = []
-        for key in ids.tolist():
-            key = keys[key]
-            if key[:4] in seen:
-                self._batch += 1
-                seen.clear()
-            seen.add(key[:4])
-            batches.append(self._batch)
+        keys = self.keys
+        if not self._batch_keys:  # the usual case, a test's first run: as worked out before
+            batches = self._batch + layout.batches
+            self._batch += layout.batch_count - 1
+            self._batch_keys = set(layout.last_batch_keys)
+        else:
+            seen, found = self._batch_keys, []
+            for key in ids.tolist():
+                key = keys[key][:4]
+                if key in seen:
+                    self._batch += 1
+                    seen.clear()
+                seen.add(key)
+                found.append(self._batch)
+            batches = np.array(found)
         if self.blob_sink is not None and self.block_sink is not None:
             self.block_sink(self.run, self._test_iteration, "test", self._test_net, keys,
-                            np.arange(first, first + len(ids)), ids, values, None,
-                            np.array(batches))
+                            np.arange(first, first + len(ids)), ids, values, None, batches)
             return []
         out: list[Record] = []
         for number, key, value, batch in zip(range(first, first + len(ids)), ids.tolist(),
-                                             values.tolist(), batches):
+                                             values.tolist(), batches.tolist()):
             direction, layer, role, blob, stat = keys[key]
             out.extend(self._emit_blob(number, self._test_iteration, "test", self._test_net, 0,
                                        batch, direction, layer, role, blob, stat, value))
         return out
+
+    def _layout(self, ids: np.ndarray) -> _Layout:
+        """What a run's sequence of keys means for passes and test batches; runs repeat every
+        display, so this is worked out once per distinct sequence."""
+        name = ids.tobytes()
+        layout = self._layouts.get(name)
+        if layout is None:
+            if len(self._layouts) > MAX_LAYOUTS:
+                self._layouts.clear()
+            backward = self._backward[ids]
+            starts = np.zeros(len(ids), dtype=np.int64)
+            starts[1:] = backward[:-1] & ~backward[1:]  # a Forward after a Backward
+            seen: set = set()
+            batch, batches = 0, []
+            for key in ids.tolist():
+                key = self.keys[key][:4]
+                if key in seen:
+                    batch += 1
+                    seen.clear()
+                seen.add(key)
+                batches.append(batch)
+            layout = self._layouts[name] = _Layout(
+                bool(backward[0]), bool(backward[-1]),
+                np.cumsum(starts) if starts.any() else None,
+                np.array(batches), batch + 1, frozenset(seen))
+        return layout
 
     def _debug_run(self, ids: np.ndarray, values: np.ndarray, first: int, emit) -> None:
         """Consecutive debug lines with known skeletons, from line ``first`` on."""
@@ -239,21 +289,18 @@ class Parser:
         self._trained = True
         if self._phase == "test" and self._test_outputs_seen:
             self._phase = "train"  # the test is over; this is the next training block
+        layout = self._layout(ids)
         if self._phase == "test":
-            emit(self._test_run(ids, values, first))
+            emit(self._test_run(ids, values, first, layout))
             return
         # passes: a Forward value after a Backward one starts the next pass (iter_size)
-        backward = self._backward[ids]
-        next_pass = backward[:-1] & ~backward[1:]
-        if (self._saw_backward and not backward[0]) or next_pass.any():
-            starts = np.empty(count, dtype=np.int64)
-            starts[0] = self._saw_backward and not backward[0]
-            starts[1:] = next_pass
-            passes = self._pass + np.cumsum(starts)
+        if self._saw_backward and not layout.starts_backward:
+            self._pass += 1
+        passes = self._pass
+        if layout.passes is not None:
+            passes = self._pass + layout.passes
             self._pass = int(passes[-1])
-        else:
-            passes = self._pass
-        self._saw_backward = bool(backward[-1])
+        self._saw_backward = layout.ends_backward
         self._pending.append(("values", first, ids, values, passes))
         self._pending_values += count
         if self._pending_values >= MAX_PENDING:

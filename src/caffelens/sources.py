@@ -110,6 +110,64 @@ def _split_items(items: Iterable[str], chunk_size: int) -> Iterator[list[str]]:
         yield batch
 
 
+def is_compressed(path: str | os.PathLike) -> bool:
+    """Whether ``path`` starts with a gzip, bzip2 or xz signature."""
+    with open(path, "rb") as stream:
+        head = stream.read(8)
+    return any(head.startswith(magic) for magic, _ in _MAGIC)
+
+
+def iter_part_batches(path: str | os.PathLike, chunk_size: int, part: int,
+                      parts: int) -> Iterator[list[str]]:
+    """Batches ``part``, ``part + parts``, … of a plain (uncompressed) file, batch k being
+    the lines that start in bytes [k·chunk_size, (k+1)·chunk_size): processes reading one file
+    side by side each take every ``parts``-th batch; the batches together are
+    :func:`iter_line_batches`' lines. A batch may be empty (inside a very long line)."""
+    name = os.fspath(path)
+    try:
+        stream = open(path, "rb")
+    except OSError as exc:
+        raise InputError(f"{name}: {exc.strerror or exc}") from None
+    with stream:
+        size = os.fstat(stream.fileno()).st_size
+        k = part
+        while k * chunk_size < size:
+            start = _line_start(stream, k * chunk_size)
+            end = _line_start(stream, (k + 1) * chunk_size)
+            stream.seek(start)
+            yield [line for lines in _split_binary(_Range(stream, end - start), chunk_size, name)
+                   for line in lines]
+            k += parts
+
+
+def _line_start(stream: BinaryIO, offset: int) -> int:
+    """The first offset ≥ ``offset`` where a line starts (the file size when none does)."""
+    if offset == 0:
+        return 0
+    stream.seek(offset - 1)
+    position = offset - 1
+    while True:
+        piece = stream.read(1 << 16)
+        if not piece:
+            return position
+        newline = piece.find(b"\n")
+        if newline >= 0:
+            return position + newline + 1
+        position += len(piece)
+
+
+class _Range:
+    """At most ``size`` bytes of ``stream`` from where it stands."""
+
+    def __init__(self, stream: BinaryIO, size: int) -> None:
+        self.stream, self.left = stream, size
+
+    def read1(self, size: int) -> bytes:
+        data = self.stream.read(min(size, self.left))
+        self.left -= len(data)
+        return data
+
+
 def _split_binary(stream: BinaryIO, chunk_size: int, name: str) -> Iterator[list[str]]:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 

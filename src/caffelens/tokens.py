@@ -10,6 +10,7 @@ places the tokens in context (:mod:`caffelens.assemble`): see :func:`tokenize_so
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import traceback
@@ -21,7 +22,8 @@ from operator import add, getitem
 import numpy as np
 
 from caffelens import lines as L
-from caffelens.sources import CHUNK, InputError, Source, iter_line_batches
+from caffelens.sources import CHUNK, InputError, Source, is_compressed, iter_line_batches
+from caffelens.sources import iter_part_batches
 
 MAX_SKELETONS = 100_000
 """Distinct debug-line skeletons remembered; a real net has a few thousand at most."""
@@ -133,14 +135,17 @@ def _plain_numbers(joined: str) -> bool:
             and "\n\t" not in joined and not joined[:1].isspace())
 
 
-# --- a helper process -------------------------------------------------------------------------
+# --- helper processes ---------------------------------------------------------------------------
 
 PARALLEL_MIN_BYTES = 8 << 20
-"""Smaller files are read in this process: starting a helper would cost more than it saves."""
+"""Smaller files are read in this process: starting helpers would cost more than it saves."""
+
+HELPERS = 2
+"""Helper processes on a plain file (a compressed one has one: it is read from the start)."""
 
 
 def helpful(source: Source) -> bool:
-    """Whether tokenizing ``source`` in a helper process can pay: a big file, a spare core."""
+    """Whether tokenizing ``source`` in helper processes can pay: a big file, a spare core."""
     if not isinstance(source, (str, os.PathLike)):
         return False
     try:
@@ -152,45 +157,87 @@ def helpful(source: Source) -> bool:
 
 def tokenize_source(source: Source, fast: bool = True, chunk_size: int = CHUNK,
                     parallel: bool = False) -> Iterator[Tokens]:
-    """The tokens of ``source``, batch by batch; with ``parallel`` (a path only) a helper
-    process reads and tokenizes while the caller assembles: two cores on one log. A batch
-    waits in the pipe until taken, so the helper runs at most a batch or two ahead."""
+    """The tokens of ``source``, batch by batch, in order.
+
+    With ``parallel`` (a path only), helper processes read and tokenize while the caller
+    assembles: two of them take alternate slices of a plain file, one reads a compressed
+    file. A batch waits in its pipe until taken, so helpers run a batch or two ahead and
+    memory stays flat. Each helper learns skeletons on its own; key ids are made one here.
+    """
     if not parallel:
         tokenizer = Tokenizer(fast)
         for batch in iter_line_batches(source, chunk_size):
             yield tokenizer.tokenize(batch)
         return
-    context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    helper = context.Process(target=_helper, args=(os.fspath(source), fast, chunk_size, sender),
-                             daemon=True)
-    helper.start()
-    sender.close()
+    path = os.fspath(source)  # type: ignore[arg-type]
     try:
-        while True:
+        helpers = 1 if is_compressed(path) else HELPERS
+    except OSError:
+        helpers = 1  # the helper reports the error as the single-process reader would
+    context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+    pipes, processes = [], []
+    try:
+        for part in range(helpers):
+            receiver, sender = context.Pipe(duplex=False)
+            process = context.Process(target=_helper, daemon=True,
+                                      args=(path, fast, chunk_size, part, helpers, sender))
+            process.start()
+            sender.close()
+            pipes.append(receiver)
+            processes.append(process)
+        keys = _KeyTable(helpers)
+        for batch in itertools.count():
+            part = batch % helpers
             try:
-                kind, payload = receiver.recv()
+                kind, payload = pipes[part].recv()
             except EOFError:
-                raise InputError(f"{os.fspath(source)}: the reading process died") from None
+                raise InputError(f"{path}: the reading process died") from None
             if kind == "tokens":
-                yield payload
+                yield keys.renumber(part, payload)
             elif kind == "input-error":
                 raise InputError(payload)
             elif kind == "error":
-                raise RuntimeError(f"tokenizing {os.fspath(source)} failed:\n{payload}")
+                raise RuntimeError(f"tokenizing {path} failed:\n{payload}")
             else:
                 return
     finally:
-        receiver.close()
-        if helper.is_alive():
-            helper.terminate()
-        helper.join()
+        for receiver in pipes:
+            receiver.close()
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+            process.join()
 
 
-def _helper(path: str, fast: bool, chunk_size: int, sender) -> None:
+class _KeyTable:
+    """One numbering of keys for the tokens of several helpers."""
+
+    def __init__(self, helpers: int) -> None:
+        self.keys: list[tuple] = []
+        self.ids: dict[tuple, int] = {}
+        self.local = [np.zeros(0, np.int64) for _ in range(helpers)]  # helper id -> ours
+
+    def renumber(self, part: int, tokens: Tokens) -> Tokens:
+        known = len(self.keys)
+        if tokens.new_keys:
+            ours = [self.ids.setdefault(key, len(self.ids)) for key in tokens.new_keys]
+            self.keys.extend(key for key in tokens.new_keys if self.ids[key] >= known)
+            self.local[part] = np.concatenate([self.local[part], np.array(ours, np.int64)])
+        if len(self.local[part]):
+            tokens.ids = np.where(tokens.ids >= 0, self.local[part][tokens.ids], -1)
+        tokens.new_keys = self.keys[known:]
+        return tokens
+
+
+def _helper(path: str, fast: bool, chunk_size: int, part: int, parts: int, sender) -> None:
     try:
-        for tokens in tokenize_source(path, fast, chunk_size):
-            sender.send(("tokens", tokens))
+        tokenizer = Tokenizer(fast)
+        if parts == 1:
+            batches = iter_line_batches(path, chunk_size)
+        else:
+            batches = iter_part_batches(path, chunk_size, part, parts)
+        for batch in batches:
+            sender.send(("tokens", tokenizer.tokenize(batch)))
         sender.send(("end", None))
     except InputError as exc:
         sender.send(("input-error", str(exc)))
