@@ -168,3 +168,30 @@ def test_parallel_cut_archive_gives_the_partial_result(tmp_path):
     assert two.error and one.error
     assert [f.to_dict() for f in two.findings] == [f.to_dict() for f in one.findings]
     assert two.stats.lines == one.stats.lines > 100
+
+
+@pytest.mark.parametrize("chunk", [50, 1000, 7777])
+def test_file_slices_together_are_the_lines(chunk):
+    from caffelens.sources import iter_lines, iter_part_batches
+
+    path = CORPUS / "healthy" / "train.log"
+    for parts in (1, 2, 3):
+        batches = {}
+        for part in range(parts):
+            for i, batch in enumerate(iter_part_batches(path, chunk, part, parts)):
+                batches[part + i * parts] = batch
+        assert [line for k in sorted(batches) for line in batches[k]] == list(iter_lines(path))
+
+
+@pytest.mark.parametrize("name", ["lr_explode_nan", "iter_size", "multi_loss"])
+def test_helpers_tokens_give_the_reference_records(name):
+    """Two helpers, each learning its own skeletons, small slices: the same records."""
+    from caffelens.tokens import tokenize_source
+
+    path = CORPUS / name / "train.log"
+    parser, number, got = caffelens.Parser(), 1, []
+    for tokens in tokenize_source(path, chunk_size=3000, parallel=True):
+        got += [r.to_dict() for r in parser.feed_tokens(tokens, number)]
+        number += tokens.count
+    got += [r.to_dict() for r in parser.finish()]
+    assert got == records(path, 1 << 20, fast=False)
