@@ -148,7 +148,7 @@ def test_follow_file_to_diagnosis_with_no_follow(tmp_path):
     result = CliRunner().invoke(cli, ["watch", str(corpus_log("nan_input")), "--no-follow",
                                       "--format", "json"])
     assert result.exit_code == 1
-    assert result.output.rstrip().endswith("}")
+    assert result.stdout.rstrip().endswith("}")  # the document; alerts go to stderr
 
 
 def render(session: LiveSession) -> str:
@@ -191,3 +191,20 @@ def test_exit_on_with_a_pipe_still_open():
         proc.kill()
     assert code == 1, err
     assert b"CL101 nan-onset" in out and b"Fatal Python error" not in err
+
+
+@pytest.mark.parametrize("name", ["lr_explode_nan", "healthy"])
+def test_pipe_read_by_a_helper_process_gives_diagnose_findings(name):
+    """stdin is a real pipe here: a helper process reads and tokenizes it."""
+    import json
+    import subprocess
+    import sys
+
+    data = corpus_log(name).read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "caffelens", "watch", "--plain",
+                           "--format", "json"], input=data, capture_output=True, timeout=60)
+    assert proc.returncode in (0, 1), proc.stderr
+    findings = json.loads(proc.stdout)["logs"][0]["findings"]
+    expected = caffelens.diagnose(corpus_log(name))
+    assert [(f["rule"], f.get("iteration"), f.get("line")) for f in findings] == \
+        [(f.rule, f.iteration, f.line) for f in expected.findings]

@@ -10,6 +10,7 @@ places the tokens in context (:mod:`caffelens.assemble`): see :func:`tokenize_so
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import multiprocessing
 import os
@@ -22,8 +23,8 @@ from operator import add, getitem
 import numpy as np
 
 from caffelens import lines as L
-from caffelens.sources import CHUNK, InputError, Source, is_compressed, iter_line_batches
-from caffelens.sources import iter_part_batches
+from caffelens.sources import CHUNK, InputError, LineSplitter, Source, has_controls, is_compressed
+from caffelens.sources import iter_line_batches, iter_part_batches
 
 MAX_SKELETONS = 100_000
 """Distinct debug-line skeletons remembered; a real net has a few thousand at most."""
@@ -227,6 +228,80 @@ class _KeyTable:
             tokens.ids = np.where(tokens.ids >= 0, self.local[part][tokens.ids], -1)
         tokens.new_keys = self.keys[known:]
         return tokens
+
+
+def stream_tokens(stream, fast: bool = True, wait: float = 0.1) -> Iterator[Tokens | None]:
+    """Tokens of a pipe (stdin), read and tokenized in a helper process; None when nothing
+    came for ``wait`` seconds, so a live view can redraw. Ends at end of input."""
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_stream_helper, args=(stream.fileno(), fast, sender),
+                              daemon=True)
+    process.start()
+    sender.close()
+    try:
+        while True:
+            if not receiver.poll(wait):
+                yield None
+                continue
+            try:
+                kind, payload = receiver.recv()
+            except EOFError:
+                return
+            if kind == "tokens":
+                yield payload
+            elif kind == "error":
+                raise RuntimeError(f"reading the input failed:\n{payload}")
+            else:
+                return
+    finally:
+        receiver.close()
+        if process.is_alive():
+            process.terminate()
+        process.join()
+
+
+def can_stream_tokens(stream) -> bool:
+    """Whether :func:`stream_tokens` can read ``stream``: a file descriptor, fork, 2 cores."""
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return "fork" in multiprocessing.get_all_start_methods() and (cores or 1) > 1
+
+
+def _stream_helper(fd: int, fast: bool, sender) -> None:
+    import select
+
+    try:
+        tokenizer = Tokenizer(fast)
+        splitter = LineSplitter()
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while True:
+            data = os.read(fd, CHUNK)
+            # a pipe gives 64 KB at a time: take what else is there already, bigger batches
+            while data and len(data) < CHUNK and select.select([fd], [], [], 0)[0]:
+                more = os.read(fd, CHUNK - len(data))
+                if not more:
+                    break
+                data += more
+            lines = splitter.feed(decoder.decode(data, final=not data), has_controls(data))
+            if not data:
+                lines += splitter.flush()
+            if lines:
+                sender.send(("tokens", tokenizer.tokenize(lines)))
+            if not data:
+                break
+        sender.send(("end", None))
+    except BrokenPipeError:
+        pass
+    except OSError:
+        sender.send(("end", None))  # the input went away: what was read is the log
+    except Exception:
+        sender.send(("error", traceback.format_exc()))
+    finally:
+        sender.close()
 
 
 def _helper(path: str, fast: bool, chunk_size: int, part: int, parts: int, sender) -> None:
