@@ -195,3 +195,19 @@ def test_helpers_tokens_give_the_reference_records(name):
         number += tokens.count
     got += [r.to_dict() for r in parser.finish()]
     assert got == records(path, 1 << 20, fast=False)
+
+
+@pytest.mark.parametrize("path", LOGS, ids=IDS)
+def test_fast_json_lines_are_the_records_json_lines(path):
+    """export's template writer = to_dict() + json of every reference record, byte for byte."""
+    import io
+
+    from caffelens import export
+
+    reference = io.StringIO()
+    count = export.write_jsonl(caffelens.parse(path, caffelens.Parser(fast=False)), reference)
+    for chunk in (150, 1 << 20):
+        fast = io.StringIO()
+        stats = export.export_jsonl(path, fast, chunk_size=chunk)
+        assert fast.getvalue() == reference.getvalue(), chunk
+        assert stats.records == count

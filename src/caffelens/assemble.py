@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -131,7 +131,8 @@ class Parser:
         """Called with a debug value's fields (BlobValue's order, without the param ones)
         instead of building a record: `diagnose` keeps only what its rules need."""
         self.block_sink = block_sink
-        """With ``blob_sink``: called with runs of debug values as arrays, ``(run, iteration,
+        """Called with runs of debug values as arrays (instead of a record or a ``blob_sink``
+        call per value), ``(run, iteration,
         phase, net, keys, lines, ids, values, passes, batches)`` where ``keys[ids[i]]`` is
         value i's (direction, layer, role, blob, stat); passes (train) or batches (test) is
         None. See :meth:`caffelens.history.TraceBuilder.values`."""
@@ -166,6 +167,8 @@ class Parser:
         self._backward = np.zeros(0, dtype=bool)  # key id -> is a Backward value
         self._pending_values = 0
         self._layouts: dict[bytes, _Layout] = {}
+        self.definitions = 0
+        """Solver/net dumps read so far (param names may change with each)."""
         self._params: dict[tuple, tuple] = {}  # (phase, net, layer, printed param) -> (index, name)
         # start-up context
         self._dump: list[str] | None = None
@@ -204,13 +207,13 @@ class Parser:
             if index > start:
                 self._debug_run(ids[start:index], values[start:index], number + start, emit)
             self.stats.lines += 1
-            emit(list(self._feed(text, number + index, prefix, event)))
+            emit(self._feed(text, number + index, prefix, event))
             start = index + 1
         if tokens.count > start:
             self._debug_run(ids[start:], values[start:], number + start, emit)
         return out
 
-    def _to_record_sink(self, records: Sequence[Record]) -> None:
+    def _to_record_sink(self, records: Iterable[Record]) -> None:
         for record in records:
             self.record_sink(record)
 
@@ -221,7 +224,7 @@ class Parser:
         for tokens in tokenize_source(source, self.fast, chunk_size, parallel):
             self.feed_tokens(tokens, number)
             number += tokens.count
-        self._to_record_sink(list(self.finish()))
+        self._to_record_sink(self.finish())
 
     def _test_run(self, ids: np.ndarray, values: np.ndarray, first: int,
                   layout: _Layout) -> list[Record]:
@@ -241,7 +244,7 @@ class Parser:
                 seen.add(key)
                 found.append(self._batch)
             batches = np.array(found)
-        if self.blob_sink is not None and self.block_sink is not None:
+        if self.block_sink is not None:
             self.block_sink(self.run, self._test_iteration, "test", self._test_net, keys,
                             np.arange(first, first + len(ids)), ids, values, None, batches)
             return []
@@ -285,7 +288,7 @@ class Parser:
         self.stats.lines += count
         self.stats.caffe_lines += count
         if self._dump is not None:
-            emit(list(self._finish_dump()))  # a prefixed line ends a dump
+            emit(self._finish_dump())  # a prefixed line ends a dump
         self._trained = True
         if self._phase == "test" and self._test_outputs_seen:
             self._phase = "train"  # the test is over; this is the next training block
@@ -304,7 +307,7 @@ class Parser:
         self._pending.append(("values", first, ids, values, passes))
         self._pending_values += count
         if self._pending_values >= MAX_PENDING:
-            emit(list(self._flush(self._predicted_iteration())))
+            emit(self._flush(self._predicted_iteration()))
 
     def _feed(self, text: str, number: int, prefix, event) -> Iterator[Record]:
         """One line the general way; ``prefix`` and ``event`` from :mod:`caffelens.lines`."""
@@ -422,7 +425,7 @@ class Parser:
         self._pending_values = 0
         sink, run = self.blob_sink, self.run
         keys = self.keys
-        bulk = sink is not None and self.block_sink is not None
+        bulk = self.block_sink is not None
         runs: list[tuple] = []  # consecutive debug runs, handed to block_sink together
         for item in pending:
             tag = item[0]
@@ -487,13 +490,18 @@ class Parser:
                      direction, layer, role, blob, stat, value) -> BlobValue:
         index = name = None
         if role == "param":
-            key = (phase, net, layer, blob)
-            resolved = self._params.get(key)
-            if resolved is None:
-                resolved = self._params[key] = self._resolve_param(phase, net, layer, blob)
-            index, name = resolved
+            index, name = self.param_of(phase, net, layer, blob)
         return BlobValue(number, self.run, iteration, phase, net, pass_index, batch,
                          direction, layer, blob, role, stat, value, index, name)
+
+    def param_of(self, phase: str, net: int, layer: str, blob: str) -> tuple:
+        """(index, name) of a printed param blob, as a BlobValue record gets them; changes
+        when :attr:`definitions` does."""
+        key = (phase, net, layer, blob)
+        resolved = self._params.get(key)
+        if resolved is None:
+            resolved = self._params[key] = self._resolve_param(phase, net, layer, blob)
+        return resolved
 
     def _resolve_param(self, phase, net, layer, blob):
         """A param prints as its index or, when named in the net, its name: give both."""
@@ -641,6 +649,7 @@ class Parser:
     def _finish_dump(self) -> Iterator[Record]:
         text, self._dump = "\n".join(self._dump or ()), None
         self._params.clear()  # a new net definition can name params differently
+        self.definitions += 1
         try:
             # glog cuts a message at 30,000 bytes: big nets arrive truncated, keep what is there
             if self._dump_kind == "solver":

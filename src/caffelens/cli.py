@@ -19,6 +19,7 @@ from caffelens.config import ConfigError, load_config
 from caffelens.engine import Config, Diagnosis, NotCaffeLog, RuleError, diagnose
 from caffelens.rules import Severity, all_rules, find_rule
 from caffelens.sources import InputError
+from caffelens.tokens import helpful
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
@@ -157,19 +158,21 @@ def export_command(log, fmt, table_phase, output) -> None:
     parser = Parser()
     records = parse(_open_source(log), parser)
     out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
+    stats = parser.stats
     try:
         if table_phase:
             export.write_table(records, table_phase, out)
         elif fmt == "csv":
             export.write_csv(records, out)
         else:
-            export.write_jsonl(records, out)
+            source = _open_source(log)
+            stats = export.export_jsonl(source, out, parallel=helpful(source))
     finally:
         if output:
             out.close()
-    if parser.stats.records == 0:  # glog lines of some other program are not a Caffe log
+    if stats.records == 0:  # glog lines of some other program are not a Caffe log
         name = "<stdin>" if log == "-" else log
-        raise NotCaffeLog.of(name, parser.stats)
+        raise NotCaffeLog.of(name, stats)
 
 
 @cli.command("rules")

@@ -8,7 +8,78 @@ import math
 from collections.abc import Iterable
 from typing import TextIO
 
-from caffelens.records import LearningRate, Loss, Output, Record, SolverConfig, NetConfig
+from caffelens.assemble import ParseStats, Parser
+from caffelens.records import BlobValue, LearningRate, Loss, Output, Record, SolverConfig, NetConfig
+from caffelens.sources import CHUNK, Source
+
+
+def export_jsonl(source: Source, out: TextIO, parallel: bool = False,
+                 chunk_size: int = CHUNK) -> ParseStats:
+    """:func:`write_jsonl` of every record of ``source``, debug values written straight from
+    the parser's arrays through one template per printed blob (the same bytes, tested).
+    Returns the parser's stats, ``records`` counting the lines written."""
+    encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+    write = out.write
+    parser = Parser()
+
+    def write_record(record: Record) -> None:
+        parser.stats.records += 1
+        write(encode(record.to_dict()) + "\n")
+
+    parser.record_sink = write_record
+    parser.block_sink = _BlobLines(parser, write)
+    parser.consume(source, chunk_size, parallel)
+    return parser.stats
+
+
+class _BlobLines:
+    """Writes a run of debug values as BlobValue JSON lines (the parser's ``block_sink``)."""
+
+    def __init__(self, parser: Parser, write) -> None:
+        self.parser, self.write = parser, write
+        self.templates: dict[tuple, str] = {}
+
+    def __call__(self, run, iteration, phase, net, keys, lines, ids, values, passes,
+                 batches) -> None:
+        count = len(ids)
+        passes = [passes] * count if isinstance(passes, int) else (
+            passes.tolist() if passes is not None else [0] * count)
+        batches = [None] * count if batches is None else batches.tolist()
+        iteration = "null" if iteration is None else str(iteration)
+        text = []
+        for line, key, value, pass_index, batch in zip(lines.tolist(), ids.tolist(),
+                                                       values.tolist(), passes, batches):
+            template = self.templates.get((run, phase, net, key, self.parser.definitions))
+            if template is None:
+                template = self._template(run, phase, net, key, keys[key])
+            text.append(template % (line, iteration, pass_index,
+                                    "null" if batch is None else batch, _json_float(value)))
+        self.write("".join(text))
+        self.parser.stats.records += count
+
+    def _template(self, run, phase, net, key_id, key) -> str:
+        direction, layer, role, blob, stat = key
+        index = name = None
+        if role == "param":
+            index, name = self.parser.param_of(phase, net, layer, blob)
+        fields = BlobValue(0, run, 0, phase, net, 0, None, direction, layer, blob, role, stat,
+                           0.0, index, name).to_dict()
+        varying = {"line": "%d", "iteration": "%s", "pass": "%d", "batch": "%s",
+                   "value": "%s"}
+        parts = []
+        for name_, value in fields.items():
+            encoded = json.dumps(value, separators=(",", ":")).replace("%", "%%")
+            parts.append(f"{json.dumps(name_)}:{varying.get(name_, encoded)}")
+        template = "{" + ",".join(parts) + "}\n"
+        self.templates[(run, phase, net, key_id, self.parser.definitions)] = template
+        return template
+
+
+def _json_float(value: float) -> str:
+    """A float as the JSON encoder writes it; non-finite ones as strings, as to_dict does."""
+    if value - value == 0:
+        return repr(value)
+    return '"nan"' if value != value else ('"inf"' if value > 0 else '"-inf"')
 
 
 def write_jsonl(records: Iterable[Record], out: TextIO) -> int:
