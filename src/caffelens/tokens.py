@@ -14,6 +14,7 @@ import codecs
 import itertools
 import multiprocessing
 import os
+import time
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -230,6 +231,10 @@ class _KeyTable:
         return tokens
 
 
+COALESCE = 0.05
+"""Longest a helper gathers a pipe's input into one batch."""
+
+
 def stream_tokens(stream, fast: bool = True, wait: float = 0.1) -> Iterator[Tokens | None]:
     """Tokens of a pipe (stdin), read and tokenized in a helper process; None when nothing
     came for ``wait`` seconds, so a live view can redraw. Ends at end of input."""
@@ -280,8 +285,13 @@ def _stream_helper(fd: int, fast: bool, sender) -> None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         while True:
             data = os.read(fd, CHUNK)
-            # a pipe gives 64 KB at a time: take what else is there already, bigger batches
-            while data and len(data) < CHUNK and select.select([fd], [], [], 0)[0]:
+            # a pipe gives 64 KB at a time: while more keeps coming, gather up to CHUNK for
+            # at most COALESCE seconds (bigger batches cost less per line; alerts wait little)
+            until = time.monotonic() + COALESCE
+            while data and len(data) < CHUNK:
+                left = until - time.monotonic()
+                if left <= 0 or not select.select([fd], [], [], min(left, 0.002))[0]:
+                    break
                 more = os.read(fd, CHUNK - len(data))
                 if not more:
                     break
