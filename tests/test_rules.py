@@ -144,9 +144,9 @@ def test_crash_before_and_after_done():
 
 def test_nan_loss_survives_history_thinning():
     """Runs longer than the bounded history still report their NaN (regression, review)."""
-    from caffelens.history import DIAGNOSE_POINTS
+    from caffelens.history import DIAGNOSE_POINTS, RECORDS_PER_POINT
 
-    count = 8 * DIAGNOSE_POINTS + 1000
+    count = RECORDS_PER_POINT * DIAGNOSE_POINTS + 1000
     lines = [S + f"Iteration {i}, loss = {'nan' if i >= 4001 else '1.5'}" for i in range(count)]
     findings = caffelens.diagnose(lines, path="x").findings
     nan = next(f for f in findings if f.rule == "nan-loss")

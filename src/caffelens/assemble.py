@@ -103,7 +103,7 @@ class _Clock:
         return round((t - self.start) * 1e6) / 1e6  # whole microseconds, as glog prints
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Layout:
     """A run of debug lines, by its sequence of keys."""
 
@@ -111,13 +111,12 @@ class _Layout:
     ends_backward: bool
     passes: np.ndarray | None
     """Pass of each value counted from the first (None: all in one pass)."""
-    batches: np.ndarray
-    """Test batch of each value, when the run starts a test."""
-    batch_count: int
-    last_batch_keys: frozenset
+    batches: np.ndarray | None = None
+    """Test batch of each value when the run starts a test (once a test has needed it)."""
+    last_batch_keys: frozenset = frozenset()
 
 
-MAX_LAYOUTS = 10_000
+MAX_LAYOUTS = 128
 
 
 class Parser:
@@ -164,6 +163,7 @@ class Parser:
         self._root_thread: int | None = None
         self.tokenizer = Tokenizer(fast)
         self.keys: list[tuple] = []  # key id -> (direction, layer, role, blob, stat)
+        self._batch_key: list[tuple] = []  # key id -> (direction, layer, role, blob)
         self._backward = np.zeros(0, dtype=bool)  # key id -> is a Backward value
         self._pending_values = 0
         self._layouts: dict[bytes, _Layout] = {}
@@ -201,6 +201,7 @@ class Parser:
         if tokens.new_keys:
             self.keys.extend(tokens.new_keys)
             self._backward = np.array([key[0] == "backward" for key in self.keys], dtype=bool)
+            self._batch_key.extend(key[:4] for key in tokens.new_keys)
         ids, values = tokens.ids, tokens.values
         start = 0
         for index, text, prefix, event in tokens.others:
@@ -231,19 +232,15 @@ class Parser:
         """Test-net values: a key seen again in this test starts its next batch."""
         keys = self.keys
         if not self._batch_keys:  # the usual case, a test's first run: as worked out before
+            if layout.batches is None:
+                layout.batches, layout.last_batch_keys = self._batches(ids, set())
             batches = self._batch + layout.batches
-            self._batch += layout.batch_count - 1
+            self._batch += int(layout.batches[-1])
             self._batch_keys = set(layout.last_batch_keys)
         else:
-            seen, found = self._batch_keys, []
-            for key in ids.tolist():
-                key = keys[key][:4]
-                if key in seen:
-                    self._batch += 1
-                    seen.clear()
-                seen.add(key)
-                found.append(self._batch)
-            batches = np.array(found)
+            found, _ = self._batches(ids, self._batch_keys)
+            batches = self._batch + found
+            self._batch += int(found[-1])
         if self.block_sink is not None:
             self.block_sink(self.run, self._test_iteration, "test", self._test_net, keys,
                             np.arange(first, first + len(ids)), ids, values, None, batches)
@@ -256,30 +253,33 @@ class Parser:
                                        batch, direction, layer, role, blob, stat, value))
         return out
 
+    def _batches(self, ids: np.ndarray, seen: set) -> tuple[np.ndarray, frozenset]:
+        """Batch of each value counted from the current one, updating ``seen``, as
+        :meth:`_blob` counts them: a (direction, layer, role, blob) seen again starts one."""
+        batch, batches = 0, []
+        for key in ids.tolist():
+            key = self._batch_key[key]
+            if key in seen:
+                batch += 1
+                seen.clear()
+            seen.add(key)
+            batches.append(batch)
+        return np.array(batches), frozenset(seen)
+
     def _layout(self, ids: np.ndarray) -> _Layout:
-        """What a run's sequence of keys means for passes and test batches; runs repeat every
-        display, so this is worked out once per distinct sequence."""
+        """What a run's sequence of keys means for passes (and test batches, worked out when
+        a test needs them); runs repeat every display, so this is done once per sequence."""
         name = ids.tobytes()
         layout = self._layouts.get(name)
         if layout is None:
-            if len(self._layouts) > MAX_LAYOUTS:
-                self._layouts.clear()
+            if len(self._layouts) >= MAX_LAYOUTS:
+                self._layouts.clear()  # runs cut at batch ends make one-off sequences
             backward = self._backward[ids]
             starts = np.zeros(len(ids), dtype=np.int64)
             starts[1:] = backward[:-1] & ~backward[1:]  # a Forward after a Backward
-            seen: set = set()
-            batch, batches = 0, []
-            for key in ids.tolist():
-                key = self.keys[key][:4]
-                if key in seen:
-                    batch += 1
-                    seen.clear()
-                seen.add(key)
-                batches.append(batch)
             layout = self._layouts[name] = _Layout(
                 bool(backward[0]), bool(backward[-1]),
-                np.cumsum(starts) if starts.any() else None,
-                np.array(batches), batch + 1, frozenset(seen))
+                np.cumsum(starts) if starts.any() else None)
         return layout
 
     def _debug_run(self, ids: np.ndarray, values: np.ndarray, first: int, emit) -> None:

@@ -200,9 +200,13 @@ class RunTrace:
         return name, weighted, weight, others
 
 
-DIAGNOSE_POINTS = 8192
-"""History kept per series by `diagnose`: every display of most runs, and flat memory on huge
-logs (older points are thinned evenly, first and last kept)."""
+DIAGNOSE_POINTS = 512
+"""History kept per series by `diagnose`: older points are thinned evenly (first and last
+kept, NaN kept apart), so memory is flat on huge logs — at most 12 KB per printed blob, 17 MB
+for a net printing 1,400 values per display."""
+
+RECORDS_PER_POINT = 4
+"""Losses, outputs, lrs… are fewer than debug values: keep 4× more of them before thinning."""
 
 
 @dataclass
@@ -328,8 +332,7 @@ class TraceBuilder:
 
     def _append(self, column: list, record: Record) -> None:
         column.append(record)
-        # records are few next to debug values: keep 8× more of them before thinning
-        if self.max_points is not None and len(column) > 8 * self.max_points:
+        if self.max_points is not None and len(column) > RECORDS_PER_POINT * self.max_points:
             thin(column)
 
     def _blob(self, trace: RunTrace, blob: BlobValue) -> None:

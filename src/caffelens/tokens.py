@@ -11,9 +11,12 @@ places the tokens in context (:mod:`caffelens.assemble`): see :func:`tokenize_so
 from __future__ import annotations
 
 import codecs
+import contextlib
 import itertools
 import multiprocessing
 import os
+import select
+import sys
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -139,6 +142,9 @@ def _plain_numbers(joined: str) -> bool:
 
 # --- helper processes ---------------------------------------------------------------------------
 
+_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
+"""fork is quick and keeps the pipe of stdin; elsewhere it is unsafe (macOS), so spawn."""
+
 PARALLEL_MIN_BYTES = 8 << 20
 """Smaller files are read in this process: starting helpers would cost more than it saves."""
 
@@ -176,39 +182,15 @@ def tokenize_source(source: Source, fast: bool = True, chunk_size: int = CHUNK,
         helpers = 1 if is_compressed(path) else HELPERS
     except OSError:
         helpers = 1  # the helper reports the error as the single-process reader would
-    context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-    pipes, processes = [], []
-    try:
-        for part in range(helpers):
-            receiver, sender = context.Pipe(duplex=False)
-            process = context.Process(target=_helper, daemon=True,
-                                      args=(path, fast, chunk_size, part, helpers, sender))
-            process.start()
-            sender.close()
-            pipes.append(receiver)
-            processes.append(process)
+    with _started(_file_helper, [(path, fast, chunk_size, part, helpers)
+                                 for part in range(helpers)]) as pipes:
         keys = _KeyTable(helpers)
         for batch in itertools.count():
             part = batch % helpers
-            try:
-                kind, payload = pipes[part].recv()
-            except EOFError:
-                raise InputError(f"{path}: the reading process died") from None
-            if kind == "tokens":
-                yield keys.renumber(part, payload)
-            elif kind == "input-error":
-                raise InputError(payload)
-            elif kind == "error":
-                raise RuntimeError(f"tokenizing {path} failed:\n{payload}")
-            else:
+            tokens = _receive(pipes[part], path)
+            if tokens is None:
                 return
-    finally:
-        for receiver in pipes:
-            receiver.close()
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-            process.join()
+            yield keys.renumber(part, tokens)
 
 
 class _KeyTable:
@@ -231,39 +213,18 @@ class _KeyTable:
         return tokens
 
 
-COALESCE = 0.05
-"""Longest a helper gathers a pipe's input into one batch."""
-
-
 def stream_tokens(stream, fast: bool = True, wait: float = 0.1) -> Iterator[Tokens | None]:
     """Tokens of a pipe (stdin), read and tokenized in a helper process; None when nothing
     came for ``wait`` seconds, so a live view can redraw. Ends at end of input."""
-    context = multiprocessing.get_context("fork")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_stream_helper, args=(stream.fileno(), fast, sender),
-                              daemon=True)
-    process.start()
-    sender.close()
-    try:
+    with _started(_pipe_helper, [(stream.fileno(), fast)]) as (pipe,):
         while True:
-            if not receiver.poll(wait):
+            if not pipe.poll(wait):
                 yield None
                 continue
-            try:
-                kind, payload = receiver.recv()
-            except EOFError:
+            tokens = _receive(pipe, "<stdin>")
+            if tokens is None:
                 return
-            if kind == "tokens":
-                yield payload
-            elif kind == "error":
-                raise RuntimeError(f"reading the input failed:\n{payload}")
-            else:
-                return
-    finally:
-        receiver.close()
-        if process.is_alive():
-            process.terminate()
-        process.join()
+            yield tokens
 
 
 def can_stream_tokens(stream) -> bool:
@@ -273,17 +234,87 @@ def can_stream_tokens(stream) -> bool:
     except (AttributeError, OSError, ValueError):
         return False
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return "fork" in multiprocessing.get_all_start_methods() and (cores or 1) > 1
+    return _START_METHOD == "fork" and (cores or 1) > 1
 
 
-def _stream_helper(fd: int, fast: bool, sender) -> None:
-    import select
+@contextlib.contextmanager
+def _started(target, argument_lists: list[tuple]) -> Iterator[list]:
+    """One helper process per argument list, each with a pipe to us; stopped on the way out
+    (also when the reader stops early: Ctrl-C, watch --exit-on)."""
+    context = multiprocessing.get_context(_START_METHOD)
+    pipes, processes = [], []
+    try:
+        for arguments in argument_lists:
+            receiver, sender = context.Pipe(duplex=False)
+            process = context.Process(target=target, args=(*arguments, sender), daemon=True)
+            process.start()
+            sender.close()
+            pipes.append(receiver)
+            processes.append(process)
+        yield pipes
+    finally:
+        for receiver in pipes:
+            receiver.close()
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+            process.join()
 
+
+def _receive(pipe, name: str) -> Tokens | None:
+    """The next tokens from a helper; None at the end of the input."""
+    try:
+        kind, payload = pipe.recv()
+    except EOFError:
+        raise InputError(f"{name}: the reading process died") from None
+    if kind == "tokens":
+        return payload
+    if kind == "input-error":
+        raise InputError(payload)
+    if kind == "error":
+        raise RuntimeError(f"tokenizing {name} failed:\n{payload}")
+    return None
+
+
+def _serve(batches: Iterator[list[str]], fast: bool, sender) -> None:
+    """A helper's life: tokenize each batch and send it, then the end (or what went wrong)."""
     try:
         tokenizer = Tokenizer(fast)
-        splitter = LineSplitter()
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        while True:
+        for batch in batches:
+            sender.send(("tokens", tokenizer.tokenize(batch)))
+        sender.send(("end", None))
+    except InputError as exc:
+        sender.send(("input-error", str(exc)))
+    except BrokenPipeError:
+        pass  # the reader stopped early
+    except Exception:  # reported in the main process, with where it happened
+        sender.send(("error", traceback.format_exc()))
+    finally:
+        sender.close()
+
+
+def _file_helper(path: str, fast: bool, chunk_size: int, part: int, parts: int,
+                 sender) -> None:
+    if parts == 1:
+        _serve(iter_line_batches(path, chunk_size), fast, sender)
+    else:
+        _serve(iter_part_batches(path, chunk_size, part, parts), fast, sender)
+
+
+COALESCE = 0.05
+"""Longest a helper gathers a pipe's input into one batch."""
+
+
+def _pipe_helper(fd: int, fast: bool, sender) -> None:
+    _serve(_pipe_batches(fd), fast, sender)
+
+
+def _pipe_batches(fd: int) -> Iterator[list[str]]:
+    """Lines from a pipe as they come; a read error ends the input (what came is the log)."""
+    splitter = LineSplitter()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    while True:
+        try:
             data = os.read(fd, CHUNK)
             # a pipe gives 64 KB at a time: while more keeps coming, gather up to CHUNK for
             # at most COALESCE seconds (bigger batches cost less per line; alerts wait little)
@@ -296,39 +327,12 @@ def _stream_helper(fd: int, fast: bool, sender) -> None:
                 if not more:
                     break
                 data += more
-            lines = splitter.feed(decoder.decode(data, final=not data), has_controls(data))
-            if not data:
-                lines += splitter.flush()
-            if lines:
-                sender.send(("tokens", tokenizer.tokenize(lines)))
-            if not data:
-                break
-        sender.send(("end", None))
-    except BrokenPipeError:
-        pass
-    except OSError:
-        sender.send(("end", None))  # the input went away: what was read is the log
-    except Exception:
-        sender.send(("error", traceback.format_exc()))
-    finally:
-        sender.close()
-
-
-def _helper(path: str, fast: bool, chunk_size: int, part: int, parts: int, sender) -> None:
-    try:
-        tokenizer = Tokenizer(fast)
-        if parts == 1:
-            batches = iter_line_batches(path, chunk_size)
-        else:
-            batches = iter_part_batches(path, chunk_size, part, parts)
-        for batch in batches:
-            sender.send(("tokens", tokenizer.tokenize(batch)))
-        sender.send(("end", None))
-    except InputError as exc:
-        sender.send(("input-error", str(exc)))
-    except BrokenPipeError:
-        pass  # the reader stopped early
-    except Exception:  # reported in the main process, with where it happened
-        sender.send(("error", traceback.format_exc()))
-    finally:
-        sender.close()
+        except OSError:
+            data = b""
+        lines = splitter.feed(decoder.decode(data, final=not data), has_controls(data))
+        if not data:
+            lines += splitter.flush()
+        if lines:
+            yield lines
+        if not data:
+            return

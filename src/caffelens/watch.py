@@ -29,7 +29,7 @@ from rich.text import Text
 
 from caffelens.assemble import Parser
 from caffelens.engine import Config, Diagnosis, evaluate
-from caffelens.history import RunTrace, TraceBuilder
+from caffelens.history import DIAGNOSE_POINTS, RunTrace, TraceBuilder
 from caffelens.rules import Finding, Severity, fmt
 from caffelens.sources import CHUNK, InputError, LineSplitter
 from caffelens.tokens import Tokens, can_stream_tokens, helpful, stream_tokens, tokenize_source
@@ -37,7 +37,7 @@ from caffelens.tokens import Tokens, can_stream_tokens, helpful, stream_tokens, 
 EVALUATE_EVERY = 0.2
 """Seconds between rule evaluations while lines arrive: a NaN is reported well within 0.5 s."""
 REDRAW_EVERY = 0.25
-HISTORY = 5000
+HISTORY = DIAGNOSE_POINTS
 """Points kept per series: memory stays flat over a week-long run."""
 POLL = 0.1
 EVALUATE_SHARE = 5
