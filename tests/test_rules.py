@@ -177,3 +177,18 @@ def test_nan_after_a_layer_that_grows_its_top():
     assert any("right after log (Log)" in e and "2048" in e for e in onset.evidence)
     quiet = run(block(0), block(1, ip="nan"))  # no Top shape lines: nothing claimed
     assert not next(f for f in quiet if f.rule == "nan-onset").evidence
+
+
+def test_loss_spike_survives_history_thinning():
+    """A one-off 1e10 loss in a run longer than the kept history is still the evidence
+    (the ssdlite public log: 24,001 displayed losses, one spike at 3,330)."""
+    from caffelens.history import DIAGNOSE_POINTS, RECORDS_PER_POINT
+
+    count = 2 * RECORDS_PER_POINT * DIAGNOSE_POINTS + 1000
+    spike = 1001  # an odd index: thinning drops it from the kept losses
+    lines = [S + f"Iteration {i}, loss = {'1e+10' if i == spike else '1.5'}"
+             for i in range(count)]
+    d = caffelens.diagnose(lines, path="x")
+    assert spike not in [r.iteration for r in d.traces[0].losses]
+    (explode,) = [f for f in d.findings if f.rule == "exploding-values"]
+    assert explode.iteration == spike and explode.value == 1e10

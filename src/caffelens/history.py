@@ -105,6 +105,10 @@ class RunTrace:
     """All displayed losses, also those thinned out of ``losses``."""
     bad_loss_count: int = 0
     bad_losses: list[Loss] = field(default_factory=list)
+    first_large_loss: Loss | None = None
+    """The first finite loss past the explode threshold (thinning may drop it from losses)."""
+    negative_loss: bool = False
+    """A displayed loss was negative (Caffe's smoothed sum went wrong), kept or thinned."""
     bad_outputs: list[Output] = field(default_factory=list)
     """Non-finite losses and outputs, kept apart so that thinning never drops a NaN."""
     norms: list[NetNorms] = field(default_factory=list)
@@ -205,8 +209,9 @@ DIAGNOSE_POINTS = 512
 kept, NaN kept apart), so memory is flat on huge logs — at most 12 KB per printed blob, 17 MB
 for a net printing 1,400 values per display."""
 
-RECORDS_PER_POINT = 4
-"""Losses, outputs, lrs… are fewer than debug values: keep 4× more of them before thinning."""
+RECORDS_PER_POINT = 16
+"""Losses, outputs, lrs… are fewer than debug values: keep 16× more of them (8,192) before
+thinning; the NaN, the first huge and any negative loss are kept apart."""
 
 
 @dataclass
@@ -288,9 +293,14 @@ class TraceBuilder:
         elif kind is Loss:
             trace.loss_count += 1
             self._append(trace.losses, record)
-            if record.value - record.value != 0:  # type: ignore[attr-defined]
+            value = record.value  # type: ignore[attr-defined]
+            if value - value != 0:
                 trace.bad_loss_count += 1
                 self._append(trace.bad_losses, record)
+            elif value < 0 or abs(value) >= self.explode_threshold:
+                trace.negative_loss = trace.negative_loss or value < 0
+                if trace.first_large_loss is None and abs(value) >= self.explode_threshold:
+                    trace.first_large_loss = record  # type: ignore[assignment]
         elif kind is Output:
             self._append(trace.outputs, record)
             if record.value - record.value != 0:  # type: ignore[attr-defined]

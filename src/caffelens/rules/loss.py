@@ -139,7 +139,8 @@ def _loss_series(trace: RunTrace) -> tuple[list, str]:
     Caffe smooths the displayed loss with a running sum over `average_loss` iterations; one
     huge spike leaves float rounding garbage in that sum for the rest of the run."""
     losses = trace.losses
-    if not any(math.isfinite(r.value) and r.value < 0 for r in losses):
+    if not trace.negative_loss and not any(math.isfinite(r.value) and r.value < 0
+                                           for r in losses):
         return losses, ""
     totals: dict[int, Output] = {}
     for o in trace.train_outputs():

@@ -343,8 +343,12 @@ class ExplodingValues(Rule):
 
     def _loss_spike(self, trace: RunTrace, context: Context) -> Iterator[Finding]:
         """Without per-layer values, a displayed loss past the threshold is the evidence."""
-        spike = next((r for r in trace.losses if math.isfinite(r.value)
-                      and abs(r.value) >= context.explode_threshold), None)
+        # the builder keeps the first huge loss apart from the thinned history
+        candidates = [r for r in (trace.first_large_loss, next(
+            (r for r in trace.losses if math.isfinite(r.value)
+             and abs(r.value) >= context.explode_threshold), None))
+            if r is not None and abs(r.value) >= context.explode_threshold]
+        spike = min(candidates, key=lambda r: r.line, default=None)
         if spike is None:
             return
         yield self.finding(
