@@ -18,7 +18,7 @@ from conftest import CORPUS, VARIANTS
 
 LOGS = sorted(CORPUS.glob("*/train.log")) + sorted(VARIANTS.glob("*.log"))
 IDS = [p.parent.name if p.name == "train.log" else p.stem for p in LOGS]
-CHUNKS = [150, 4096, 1 << 20]  # a line or two per batch, a few dozen, the whole log
+CHUNKS = [150, 4096, 65536]  # a line or two per batch, a few dozen, hundreds
 
 
 def records(path, chunk_size, fast=True):
@@ -127,6 +127,58 @@ def test_nan_in_a_bulk_run_is_found_with_its_block(tmp_path):
         assert traces[0].first_large == expected[0].first_large
         assert len(traces[0].onset_block) == len(expected[0].onset_block) > 10
     assert "nan" in source
+
+
+def traces_agree(path, chunk_size):
+    expected = TraceBuilder().add_all(caffelens.parse(path, caffelens.Parser(fast=False)))
+    traces, _ = traces_in_bulk(path, chunk_size)
+    assert series_of(traces) == series_of(expected)
+    assert [[b.to_dict() for b in t.onset_block] for t in traces] == \
+        [[b.to_dict() for b in t.onset_block] for t in expected]
+
+
+def test_a_log_cut_inside_an_iter_size_pass_keeps_the_earlier_passes(tmp_path):
+    """Without norms lines a display's passes reach the traces together; a crash mid-pass
+    leaves the last pass short, and the series keep the earlier pass for the rest."""
+    source = [line for line in (CORPUS / "iter_size" / "train.log").read_text().splitlines()
+              if "All net params" not in line]
+    path = tmp_path / "cut.log"
+    for cut in range(len(source) - 90, len(source), 11):
+        path.write_text("\n".join(source[:cut]) + "\n")
+        traces_agree(path, 4096)
+
+
+@pytest.mark.parametrize("name", ["iter_size", "healthy", "lr_explode_nan"])
+def test_values_held_back_are_flushed_where_the_reference_flushes(name, monkeypatch):
+    """Debug values without a display line are flushed at MAX_PENDING, mid-run if need be."""
+    import caffelens.assemble
+
+    monkeypatch.setattr(caffelens.assemble, "MAX_PENDING", 50)
+    path = CORPUS / name / "train.log"
+    reference = records(path, 1 << 20, fast=False)
+    for chunk in (300, 4096):
+        assert records(path, chunk) == reference
+        traces_agree(path, chunk)
+
+
+def test_a_known_skeleton_after_something_else_than_a_timestamp_is_not_a_value():
+    good = ("I0101 12:00:00.123456 21757 net.cpp:651]     [Forward] Layer conv1, top blob "
+            "conv1 data: 0.5")
+    lines = [
+        "I0101 12:00:00.100000 21757 solver.cpp:218] Iteration 0 (0 iter/s), loss = 2.3",
+        good,
+        "I0101 12:00:01.100000 21757 solver.cpp:218] Iteration 10 (0 iter/s), loss = 2.3",
+        # as wide as a timestamp, but two outputs spliced together
+        "W0101 12:00:0I0101 12 21757 net.cpp:651]     [Forward] Layer conv1, top blob conv1 "
+        "data: 7e9",
+        "E0101 12:00:01.200000 21757 net.cpp:651]     [Forward] Layer conv1, top blob conv1 "
+        "data: 0.25",
+        "I0101 12:00:02.100000 21757 solver.cpp:218] Iteration 20 (0 iter/s), loss = 2.3",
+    ]
+    want = [r.to_dict() for r in caffelens.parse(lines, caffelens.Parser(fast=False))]
+    got = [r.to_dict() for r in caffelens.parse(lines, caffelens.Parser(), chunk_size=50)]
+    assert got == want
+    assert [r["value"] for r in got if r["kind"] == "blob"] == [0.5, 0.25]
 
 
 # --- a helper process tokenizes, this one assembles ------------------------------------------

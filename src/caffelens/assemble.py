@@ -296,6 +296,15 @@ class Parser:
         if self._phase == "test":
             emit(self._test_run(ids, values, first, layout))
             return
+        room = MAX_PENDING - self._pending_values
+        while len(ids) > room:  # flush where the line-by-line path does: at MAX_PENDING values
+            self._train_run(ids[:room], values[:room], first, self._layout(ids[:room]), emit)
+            ids, values, first, room = ids[room:], values[room:], first + room, MAX_PENDING
+            layout = self._layout(ids)
+        self._train_run(ids, values, first, layout, emit)
+
+    def _train_run(self, ids: np.ndarray, values: np.ndarray, first: int, layout: _Layout,
+                   emit) -> None:
         # passes: a Forward value after a Backward one starts the next pass (iter_size)
         if self._saw_backward and not layout.starts_backward:
             self._pass += 1
@@ -305,7 +314,7 @@ class Parser:
             self._pass = int(passes[-1])
         self._saw_backward = layout.ends_backward
         self._pending.append(("values", first, ids, values, passes))
-        self._pending_values += count
+        self._pending_values += len(ids)
         if self._pending_values >= MAX_PENDING:
             emit(self._flush(self._predicted_iteration()))
 

@@ -247,6 +247,9 @@ class _Rows:
     lines: list[np.ndarray] = field(default_factory=list)
 
 
+MAX_LAYOUTS = 128
+"""Block layouts remembered (blocks repeat one layout every display; shuffled ones don't)."""
+
 ROWS_HELD = 1 << 18
 """Values held as rows before they move into their series (bounds that memory)."""
 
@@ -394,7 +397,8 @@ class TraceBuilder:
                batches) -> None:
         """Debug values in bulk (the parser's ``block_sink``): ``keys[ids[i]]`` is value i's
         (direction, layer, role, blob, stat); ``passes`` (train: an array, or one pass as an
-        int) or ``batches`` (test) may be None. A block with NaN, Inf or a huge value goes value by value to :meth:`blob`."""
+        int) or ``batches`` (test) may be None. A block with NaN, Inf or a huge value goes
+        value by value to :meth:`blob`."""
         trace = self._traces[run] if run < len(self._traces) else self.trace(run)
         if not (values.max() < self.explode_threshold and values.min() > -math.inf):
             pass_list = repeat(passes) if isinstance(passes, int) else (
@@ -412,21 +416,24 @@ class TraceBuilder:
         trace.blob_count += len(values)
         if phase != "train":
             return
+        context = lines, ids, values
         if isinstance(passes, int):
             last = passes
         else:
             last = int(passes[-1])
-            if passes[0] != last:  # iter_size: series keep the last pass, the context too
+            if passes[0] != last:  # iter_size: the context is the last pass
                 in_last = passes == last
-                lines, ids, values = lines[in_last], ids[in_last], values[in_last]
+                context = lines[in_last], ids[in_last], values[in_last]
         if (iteration, last) != trace._block_key:
             trace._block_key = (iteration, last)
             trace._block = []
-        trace._block.append(_Values(keys, lines, ids, values, run, iteration, last))
+        trace._block.append(_Values(keys, *context, run, iteration, last))
         if iteration is None:
             return
         layout = ids.tobytes()
-        if layout not in self._layouts:  # the same key twice: the last one counts
+        if layout not in self._layouts:  # the same key twice (iter_size): the last one counts
+            if len(self._layouts) >= MAX_LAYOUTS:
+                self._layouts.clear()  # shuffled blocks (interleaved threads) are one-offs
             _, first_from_end = np.unique(ids[::-1], return_index=True)
             last_of_each = np.sort(len(ids) - 1 - first_from_end)
             self._layouts[layout] = last_of_each if len(last_of_each) < len(ids) else None

@@ -33,6 +33,9 @@ from caffelens.sources import iter_line_batches, iter_part_batches
 MAX_SKELETONS = 100_000
 """Distinct debug-line skeletons remembered; a real net has a few thousand at most."""
 
+_STAMP_SHAPE = bytes.maketrans(b"0123456789WEF", b"0000000000III")
+"""A glog timestamp's shape: ``I1125 22:26:05.838073`` and ``E0101 00:00:00.000001`` alike."""
+
 
 @dataclass
 class Tokens:
@@ -60,6 +63,7 @@ class Tokenizer:
         self._key_ids: dict[tuple, int] = {}
         self._skeletons: dict[str, int] = {}
         self._key_start: int | None = None  # where skeletons start: the timestamp's width
+        self._stamp_shape = b""  # and the timestamp's shape (see _STAMP_SHAPE)
 
     def tokenize(self, lines: Sequence[str]) -> Tokens:
         count = len(lines)
@@ -68,7 +72,9 @@ class Tokenizer:
             colons = list(map(str.rfind, lines, repeat(": ")))
             skeletons = map(getitem, lines, map(slice, repeat(self._key_start), colons))
             ids = np.fromiter(map(self._skeletons.get, skeletons, repeat(-1)), np.int64, count)
-            values = _read_values(lines, colons, ids)
+            known = (ids >= 0).tolist()
+            _check_stamps(lines, known, ids, self._key_start, self._stamp_shape)
+            values = _read_values(lines, colons, known, ids)
             misses: Sequence[int] = np.flatnonzero(ids < 0).tolist()
         else:
             ids, values, misses = np.full(count, -1, np.int64), np.zeros(count), range(count)
@@ -88,8 +94,11 @@ class Tokenizer:
         width = L.timestamp_width(text)
         if q <= 0 or width is None or len(self._skeletons) > MAX_SKELETONS:
             return
+        if not text[:width].isascii():
+            return  # the shape check below is ASCII-only: such lines go the general way
         if self._key_start is None:
             self._key_start = width
+            self._stamp_shape = text[:width].encode().translate(_STAMP_SHAPE)
         if width != self._key_start:
             return  # another prefix layout (a concatenated log): the general path reads it
         raw = text[q + 2:]
@@ -108,10 +117,24 @@ class Tokenizer:
             self._skeletons[text[width:q]] = key_id
 
 
-def _read_values(lines: Sequence[str], colons: list[int], ids: np.ndarray) -> np.ndarray:
+def _check_stamps(lines: Sequence[str], known: list[bool], ids: np.ndarray, width: int,
+                  shape: bytes) -> None:
+    """Un-mark known skeletons that follow something other than a glog timestamp (spliced
+    output, say): the general path would not read them as debug lines. One pass per batch."""
+    stamps = list(map(getitem, compress(lines, known), repeat(slice(0, width))))
+    joined = "".join(stamps)
+    if joined.isascii() and joined.encode().translate(_STAMP_SHAPE) == shape * len(stamps):
+        return
+    for index, stamp in zip(np.flatnonzero(ids >= 0).tolist(), stamps):
+        if not (stamp.isascii() and stamp.encode().translate(_STAMP_SHAPE) == shape):
+            ids[index] = -1
+            known[index] = False
+
+
+def _read_values(lines: Sequence[str], colons: list[int], known: list[bool],
+                 ids: np.ndarray) -> np.ndarray:
     """The value of every line with a known skeleton; a value the general path would read
     otherwise (MSVC's ``1.#QNAN``, ``7065.09 (0.14)``, ``1_0``) un-marks its line."""
-    known = (ids >= 0).tolist()
     raw = list(map(getitem, compress(lines, known),
                    map(slice, map(add, compress(colons, known), repeat(2)), repeat(None))))
     values = np.zeros(len(lines))
