@@ -222,17 +222,43 @@ def test_parallel_cut_archive_gives_the_partial_result(tmp_path):
     assert two.stats.lines == one.stats.lines > 100
 
 
-@pytest.mark.parametrize("chunk", [50, 1000, 7777])
-def test_file_slices_together_are_the_lines(chunk):
-    from caffelens.sources import iter_lines, iter_part_batches
+def parts_together(path, chunk, parts, snapshot=None):
+    from caffelens.sources import iter_part_batches
 
-    path = CORPUS / "healthy" / "train.log"
-    for parts in (1, 2, 3):
-        batches = {}
-        for part in range(parts):
-            for i, batch in enumerate(iter_part_batches(path, chunk, part, parts)):
-                batches[part + i * parts] = batch
-        assert [line for k in sorted(batches) for line in batches[k]] == list(iter_lines(path))
+    batches = {}
+    for part in range(parts):
+        for i, batch in enumerate(iter_part_batches(path, chunk, part, parts, snapshot)):
+            batches[part + i * parts] = batch
+    return [line for k in sorted(batches) for line in batches[k]]
+
+
+@pytest.mark.parametrize("chunk", [50, 1000, 7777])
+def test_file_slices_together_are_the_lines(chunk, tmp_path):
+    from caffelens.sources import iter_lines
+
+    healthy = (CORPUS / "healthy" / "train.log").read_bytes()
+    long_line = tmp_path / "long.log"  # slices inside one long line: no line starts there
+    long_line.write_bytes(healthy[:5000] + b"x" * 300_000 + b"\n\n\n" + healthy[5000:20000])
+    for path in (CORPUS / "healthy" / "train.log", long_line):
+        for parts in (1, 2, 3):
+            assert parts_together(path, chunk, parts) == list(iter_lines(path))
+
+
+def test_file_slices_read_the_file_as_it_was_when_reading_began(tmp_path):
+    from caffelens.sources import file_snapshot, iter_lines
+
+    path = tmp_path / "train.log"
+    path.write_bytes((CORPUS / "healthy" / "train.log").read_bytes()[:30000])
+    snapshot = file_snapshot(path)
+    want = list(iter_lines(path))
+    with open(path, "ab") as log:  # the run goes on writing
+        log.write(b"I0101 00:00:00.000000  1 solver.cpp:218] Iteration 99, loss = 1\n" * 500)
+    assert parts_together(path, 1000, 2, snapshot) == want
+    rotated = tmp_path / "new.log"
+    rotated.write_bytes(b"another log\n")
+    rotated.replace(path)  # rotated: a new file under the same name
+    with pytest.raises(caffelens.InputError, match="replaced"):
+        parts_together(path, 1000, 2, snapshot)
 
 
 @pytest.mark.parametrize("name", ["lr_explode_nan", "iter_size", "multi_loss"])

@@ -117,43 +117,65 @@ def is_compressed(path: str | os.PathLike) -> bool:
     return any(head.startswith(magic) for magic, _ in _MAGIC)
 
 
-def iter_part_batches(path: str | os.PathLike, chunk_size: int, part: int,
-                      parts: int) -> Iterator[list[str]]:
+def iter_part_batches(path: str | os.PathLike, chunk_size: int, part: int, parts: int,
+                      snapshot: tuple[int, int, int] | None = None) -> Iterator[list[str]]:
     """Batches ``part``, ``part + parts``, … of a plain (uncompressed) file, batch k being
     the lines that start in bytes [k·chunk_size, (k+1)·chunk_size): processes reading one file
     side by side each take every ``parts``-th batch; the batches together are
-    :func:`iter_line_batches`' lines. A batch may be empty (inside a very long line)."""
+    :func:`iter_line_batches`' lines. A batch may be empty (inside a very long line).
+
+    ``snapshot`` is (size, device, inode) as the caller saw the file: every part reads that
+    file up to that size, so a log that grows meanwhile is cut at one place for all, and one
+    that is replaced is an error rather than two files mixed."""
     name = os.fspath(path)
     try:
         stream = open(path, "rb")
     except OSError as exc:
         raise InputError(f"{name}: {exc.strerror or exc}") from None
     with stream:
-        size = os.fstat(stream.fileno()).st_size
+        status = os.fstat(stream.fileno())
+        size = status.st_size
+        if snapshot is not None:
+            if (status.st_dev, status.st_ino) != snapshot[1:]:
+                raise InputError(f"{name}: the file was replaced while it was being read")
+            size = min(size, snapshot[0])
         k = part
         while k * chunk_size < size:
-            start = _line_start(stream, k * chunk_size)
-            end = _line_start(stream, (k + 1) * chunk_size)
-            stream.seek(start)
-            yield [line for lines in _split_binary(_Range(stream, end - start), chunk_size, name)
-                   for line in lines]
+            stop = min((k + 1) * chunk_size, size)
+            start = _line_start(stream, k * chunk_size, stop)
+            if start == stop:
+                yield []  # inside a long line that an earlier batch reads
+            else:
+                end = _line_start(stream, stop, size)
+                stream.seek(start)
+                yield [line for lines in _split_binary(_Range(stream, end - start), chunk_size,
+                                                       name)
+                       for line in lines]
             k += parts
 
 
-def _line_start(stream: BinaryIO, offset: int) -> int:
-    """The first offset ≥ ``offset`` where a line starts (the file size when none does)."""
+def file_snapshot(path: str | os.PathLike) -> tuple[int, int, int]:
+    """(size, device, inode) of a file, for :func:`iter_part_batches`."""
+    status = os.stat(path)
+    return status.st_size, status.st_dev, status.st_ino
+
+
+def _line_start(stream: BinaryIO, offset: int, limit: int) -> int:
+    """The first offset in [``offset``, ``limit``) where a line starts, else ``limit``: the
+    scan stops at ``limit``, so slices inside one long line cost their own length only."""
     if offset == 0:
         return 0
     stream.seek(offset - 1)
-    position = offset - 1
-    while True:
-        piece = stream.read(1 << 16)
+    position = offset - 1  # a newline at p starts a line at p + 1
+    while position < limit - 1:
+        piece = stream.read(min(1 << 16, limit - 1 - position))
         if not piece:
-            return position
+            break  # the file shrank
         newline = piece.find(b"\n")
         if newline >= 0:
             return position + newline + 1
         position += len(piece)
+    return limit
 
 
 class _Range:

@@ -28,7 +28,7 @@ import numpy as np
 
 from caffelens import lines as L
 from caffelens.sources import CHUNK, InputError, LineSplitter, Source, has_controls, is_compressed
-from caffelens.sources import iter_line_batches, iter_part_batches
+from caffelens.sources import file_snapshot, iter_line_batches, iter_part_batches
 
 MAX_SKELETONS = 100_000
 """Distinct debug-line skeletons remembered; a real net has a few thousand at most."""
@@ -202,10 +202,10 @@ def tokenize_source(source: Source, fast: bool = True, chunk_size: int = CHUNK,
         return
     path = os.fspath(source)  # type: ignore[arg-type]
     try:
-        helpers = 1 if is_compressed(path) else HELPERS
+        helpers, snapshot = (1, None) if is_compressed(path) else (HELPERS, file_snapshot(path))
     except OSError:
-        helpers = 1  # the helper reports the error as the single-process reader would
-    with _started(_file_helper, [(path, fast, chunk_size, part, helpers)
+        helpers, snapshot = 1, None  # the helper reports it as the single-process reader would
+    with _started(_file_helper, [(path, fast, chunk_size, part, helpers, snapshot)
                                  for part in range(helpers)]) as pipes:
         keys = _KeyTable(helpers)
         for batch in itertools.count():
@@ -316,12 +316,12 @@ def _serve(batches: Iterator[list[str]], fast: bool, sender) -> None:
         sender.close()
 
 
-def _file_helper(path: str, fast: bool, chunk_size: int, part: int, parts: int,
+def _file_helper(path: str, fast: bool, chunk_size: int, part: int, parts: int, snapshot,
                  sender) -> None:
     if parts == 1:
         _serve(iter_line_batches(path, chunk_size), fast, sender)
     else:
-        _serve(iter_part_batches(path, chunk_size, part, parts), fast, sender)
+        _serve(iter_part_batches(path, chunk_size, part, parts, snapshot), fast, sender)
 
 
 COALESCE = 0.05
