@@ -3,7 +3,11 @@ gives exactly what the one-line-at-a-time reference path gives, however the log 
 
 from __future__ import annotations
 
+import os
 import random
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -289,3 +293,49 @@ def test_fast_json_lines_are_the_records_json_lines(path):
         stats = export.export_jsonl(path, fast, chunk_size=chunk)
         assert fast.getvalue() == reference.getvalue(), chunk
         assert stats.records == count
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for helpers")
+def test_ctrl_c_while_helpers_read_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C reaches the whole process group: the helpers stay quiet, the reader reports."""
+    import signal
+    import subprocess
+
+    path = tmp_path / "big.log"
+    data = (CORPUS / "healthy" / "train.log").read_bytes()
+    path.write_bytes(data * (40_000_000 // len(data) + 1))
+    proc = subprocess.Popen([sys.executable, "-m", "caffelens", "diagnose", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and proc.poll() is None:
+        if children.exists() and children.read_text().split():
+            break  # the helpers are reading
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 130, err
+    assert err.decode().strip() == "Interrupted."
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="patches a forked helper")
+def test_a_failing_helper_is_one_line_with_its_traceback_as_cause(monkeypatch):
+    from caffelens import tokens
+
+    parent, tokenize = os.getpid(), tokens.Tokenizer.tokenize
+
+    def failing(self, lines):
+        if os.getpid() != parent:
+            raise MemoryError("simulated")
+        return tokenize(self, lines)
+
+    monkeypatch.setattr(tokens.Tokenizer, "tokenize", failing)
+    with pytest.raises(RuntimeError) as caught:
+        list(tokens.tokenize_source(CORPUS / "healthy" / "train.log", parallel=True))
+    assert "\n" not in str(caught.value) and "MemoryError: simulated" in str(caught.value)
+    assert "Traceback" in str(caught.value.__cause__)

@@ -284,16 +284,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return EXIT_ERROR
-    except click.Abort:
-        click.echo("Aborted.", err=True)
-        return EXIT_ERROR
+    except (click.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+        click.echo("Interrupted.", err=True)
+        return 130  # 128 + SIGINT, as shells report it
     except BrokenPipeError:
         # the reader went away (`| head`): exit quietly, without the interpreter's warning
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
-    except KeyboardInterrupt:
-        return 130
     except Exception as exc:  # a bug in caffelens: one line, unless asked for the traceback
         if os.environ.get("CAFFELENS_DEBUG"):
             raise

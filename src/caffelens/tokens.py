@@ -16,6 +16,7 @@ import itertools
 import multiprocessing
 import os
 import select
+import signal
 import sys
 import time
 import traceback
@@ -294,13 +295,20 @@ def _receive(pipe, name: str) -> Tokens | None:
         return payload
     if kind == "input-error":
         raise InputError(payload)
-    if kind == "error":
-        raise RuntimeError(f"tokenizing {name} failed:\n{payload}")
+    if kind == "error":  # a bug: one line, the helper's traceback as its cause
+        last = payload.strip().splitlines()[-1]
+        raise RuntimeError(f"tokenizing {name} failed in a helper process: {last}") \
+            from _HelperTraceback(payload)
     return None
+
+
+class _HelperTraceback(Exception):
+    """Where a helper process failed, as it printed it."""
 
 
 def _serve(batches: Iterator[list[str]], fast: bool, sender) -> None:
     """A helper's life: tokenize each batch and send it, then the end (or what went wrong)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the reader's; it stops us
     try:
         tokenizer = Tokenizer(fast)
         for batch in batches:
