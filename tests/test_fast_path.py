@@ -339,3 +339,34 @@ def test_a_failing_helper_is_one_line_with_its_traceback_as_cause(monkeypatch):
         list(tokens.tokenize_source(CORPUS / "healthy" / "train.log", parallel=True))
     assert "\n" not in str(caught.value) and "MemoryError: simulated" in str(caught.value)
     assert "Traceback" in str(caught.value.__cause__)
+
+
+def test_helpers_started_by_spawn_give_the_same_diagnosis(monkeypatch):
+    """macOS, Windows, and a host with threads (Jupyter) spawn helpers instead of forking."""
+    from caffelens import tokens
+
+    monkeypatch.setattr(tokens, "_start_method", lambda: "spawn")
+    path = CORPUS / "iter_size" / "train.log"
+    two = caffelens.diagnose(path, parallel=True)
+    one = caffelens.diagnose(path, parallel=False)
+    assert [f.to_dict() for f in two.findings] == [f.to_dict() for f in one.findings]
+    assert series_of(two.traces) == series_of(one.traces)
+
+
+def test_helpers_are_not_forked_while_other_threads_run():
+    import threading
+
+    from caffelens import tokens
+
+    if not sys.platform.startswith("linux"):
+        assert tokens._start_method() == "spawn"
+        return
+    assert tokens._start_method() == "fork"
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert tokens._start_method() == "spawn"
+    finally:
+        stop.set()
+        thread.join()

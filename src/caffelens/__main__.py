@@ -1,3 +1,4 @@
 from caffelens.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when a spawned helper process imports us
+    raise SystemExit(main())

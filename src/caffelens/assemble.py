@@ -221,6 +221,8 @@ class Parser:
     def consume(self, source: Source, chunk_size: int = CHUNK, parallel: bool = False) -> None:
         """Read all of ``source`` into the sinks (``record_sink`` must be set); ``parallel``:
         tokenize in a helper process (see :func:`caffelens.tokens.tokenize_source`)."""
+        if self.record_sink is None:
+            raise ValueError("consume() needs a record_sink; iterate parse() for records")
         number = 1
         for tokens in tokenize_source(source, self.fast, chunk_size, parallel):
             self.feed_tokens(tokens, number)

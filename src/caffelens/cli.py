@@ -155,18 +155,19 @@ def export_command(log, fmt, table_phase, output) -> None:
     """Write every parsed record of LOG as JSON lines or CSV."""
     from caffelens import export
 
-    parser = Parser()
-    records = parse(_open_source(log), parser)
+    source = _open_source(log)
     out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
-    stats = parser.stats
     try:
-        if table_phase:
-            export.write_table(records, table_phase, out)
-        elif fmt == "csv":
-            export.write_csv(records, out)
-        else:
-            source = _open_source(log)
+        if fmt == "jsonl" and not table_phase:
             stats = export.export_jsonl(source, out, parallel=helpful(source))
+        else:
+            parser = Parser()
+            records = parse(source, parser)
+            if table_phase:
+                export.write_table(records, table_phase, out)
+            else:
+                export.write_csv(records, out)
+            stats = parser.stats
     finally:
         if output:
             out.close()

@@ -37,7 +37,8 @@ class _BlobLines:
 
     def __init__(self, parser: Parser, write) -> None:
         self.parser, self.write = parser, write
-        self.templates: dict[tuple, str] = {}
+        self.templates: dict[tuple, str] = {}  # (phase, net, key id) -> template
+        self.templates_of = (0, 0)  # (run, definitions): param names may change with either
 
     def __call__(self, run, iteration, phase, net, keys, lines, ids, values, passes,
                  batches) -> None:
@@ -46,10 +47,13 @@ class _BlobLines:
             passes.tolist() if passes is not None else [0] * count)
         batches = [None] * count if batches is None else batches.tolist()
         iteration = "null" if iteration is None else str(iteration)
+        if self.templates_of != (run, self.parser.definitions):
+            self.templates_of = (run, self.parser.definitions)
+            self.templates.clear()
         text = []
         for line, key, value, pass_index, batch in zip(lines.tolist(), ids.tolist(),
                                                        values.tolist(), passes, batches):
-            template = self.templates.get((run, phase, net, key, self.parser.definitions))
+            template = self.templates.get((phase, net, key))
             if template is None:
                 template = self._template(run, phase, net, key, keys[key])
             text.append(template % (line, iteration, pass_index,
@@ -71,7 +75,7 @@ class _BlobLines:
             encoded = json.dumps(value, separators=(",", ":")).replace("%", "%%")
             parts.append(f"{json.dumps(name_)}:{varying.get(name_, encoded)}")
         template = "{" + ",".join(parts) + "}\n"
-        self.templates[(run, phase, net, key_id, self.parser.definitions)] = template
+        self.templates[(phase, net, key_id)] = template
         return template
 
 

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import itertools
 import multiprocessing
 import os
 import select
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import compress, repeat
+from itertools import compress, cycle, repeat
 from operator import add, getitem
 
 import numpy as np
@@ -166,8 +166,17 @@ def _plain_numbers(joined: str) -> bool:
 
 # --- helper processes ---------------------------------------------------------------------------
 
-_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
-"""fork is quick and keeps the pipe of stdin; elsewhere it is unsafe (macOS), so spawn."""
+def _start_method() -> str:
+    """fork is quick and keeps the pipe of stdin, but unsafe on macOS and in a process that
+    runs other threads (Jupyter, an application importing caffelens): spawn there."""
+    if sys.platform.startswith("linux") and threading.active_count() == 1:
+        return "fork"
+    return "spawn"
+
+
+def _spare_core() -> bool:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (cores or 1) > 1
 
 PARALLEL_MIN_BYTES = 8 << 20
 """Smaller files are read in this process: starting helpers would cost more than it saves."""
@@ -181,8 +190,7 @@ def helpful(source: Source) -> bool:
     if not isinstance(source, (str, os.PathLike)):
         return False
     try:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return (cores or 1) > 1 and os.path.getsize(source) >= PARALLEL_MIN_BYTES
+        return _spare_core() and os.path.getsize(source) >= PARALLEL_MIN_BYTES
     except OSError:
         return False  # let the reader report it
 
@@ -209,8 +217,7 @@ def tokenize_source(source: Source, fast: bool = True, chunk_size: int = CHUNK,
     with _started(_file_helper, [(path, fast, chunk_size, part, helpers, snapshot)
                                  for part in range(helpers)]) as pipes:
         keys = _KeyTable(helpers)
-        for batch in itertools.count():
-            part = batch % helpers
+        for part in cycle(range(helpers)):  # batch k comes from helper k % helpers
             tokens = _receive(pipes[part], path)
             if tokens is None:
                 return
@@ -257,21 +264,21 @@ def can_stream_tokens(stream) -> bool:
         stream.fileno()
     except (AttributeError, OSError, ValueError):
         return False
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return _START_METHOD == "fork" and (cores or 1) > 1
+    return _start_method() == "fork" and _spare_core()
 
 
 @contextlib.contextmanager
 def _started(target, argument_lists: list[tuple]) -> Iterator[list]:
     """One helper process per argument list, each with a pipe to us; stopped on the way out
     (also when the reader stops early: Ctrl-C, watch --exit-on)."""
-    context = multiprocessing.get_context(_START_METHOD)
+    context = multiprocessing.get_context(_start_method())
     pipes, processes = [], []
     try:
         for arguments in argument_lists:
             receiver, sender = context.Pipe(duplex=False)
             process = context.Process(target=target, args=(*arguments, sender), daemon=True)
-            process.start()
+            with _ctrl_c_ignored():  # from birth, so Ctrl-C never finds a helper half-started
+                process.start()
             sender.close()
             pipes.append(receiver)
             processes.append(process)
@@ -283,6 +290,20 @@ def _started(target, argument_lists: list[tuple]) -> Iterator[list]:
             if process.is_alive():
                 process.terminate()
             process.join()
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """Ignore SIGINT meanwhile (a child started now inherits that): Ctrl-C is the reader's,
+    which stops its helpers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; _serve ignores it in the helper
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _receive(pipe, name: str) -> Tokens | None:
@@ -308,7 +329,7 @@ class _HelperTraceback(Exception):
 
 def _serve(batches: Iterator[list[str]], fast: bool, sender) -> None:
     """A helper's life: tokenize each batch and send it, then the end (or what went wrong)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the reader's; it stops us
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the reader's (see _ctrl_c_ignored)
     try:
         tokenizer = Tokenizer(fast)
         for batch in batches:
@@ -317,7 +338,7 @@ def _serve(batches: Iterator[list[str]], fast: bool, sender) -> None:
     except InputError as exc:
         sender.send(("input-error", str(exc)))
     except BrokenPipeError:
-        pass  # the reader stopped early
+        pass  # the reader stopped early (usually it terminates us first)
     except Exception:  # reported in the main process, with where it happened
         sender.send(("error", traceback.format_exc()))
     finally:

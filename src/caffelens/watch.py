@@ -31,7 +31,7 @@ from caffelens.assemble import Parser
 from caffelens.engine import Config, Diagnosis, evaluate
 from caffelens.history import DIAGNOSE_POINTS, RunTrace, TraceBuilder
 from caffelens.rules import Finding, Severity, fmt
-from caffelens.sources import CHUNK, InputError, LineSplitter
+from caffelens.sources import CHUNK, InputError, LineSplitter, is_compressed
 from caffelens.tokens import Tokens, can_stream_tokens, helpful, stream_tokens, tokenize_source
 
 EVALUATE_EVERY = 0.2
@@ -490,11 +490,9 @@ def watch_command(log, from_end, no_follow, plain, exit_on, fmt_name, fail_on, s
 def _compressed(path: str) -> bool:
     """A .gz/.bz2/.xz log cannot grow line by line: it is read once, not followed."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(6)
+        return is_compressed(path)
     except OSError:
-        return False
-    return head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00"))
+        return False  # following reports it
 
 
 def _file_batches(path: str) -> Iterator[Tokens]:
