@@ -174,15 +174,25 @@ def _start_method() -> str:
     return "spawn"
 
 
-def _spare_core() -> bool:
+def _cores() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (cores or 1) > 1
+    return cores or 1
+
+
+def _spare_core() -> bool:
+    return _cores() > 1
 
 PARALLEL_MIN_BYTES = 8 << 20
 """Smaller files are read in this process: starting helpers would cost more than it saves."""
 
-HELPERS = 2
-"""Helper processes on a plain file (a compressed one has one: it is read from the start)."""
+MAX_HELPERS = 3
+"""Helper processes on a plain file, at most (a compressed one has one: it is read from the
+start). Tokenizing costs about twice what assembling does, so two helpers keep up with this
+process, and three when each has a core of its own; more would wait on this process."""
+
+
+def _file_helpers() -> int:
+    return min(max(_cores() - 1, 2), MAX_HELPERS)
 
 
 def helpful(source: Source) -> bool:
@@ -200,9 +210,10 @@ def tokenize_source(source: Source, fast: bool = True, chunk_size: int = CHUNK,
     """The tokens of ``source``, batch by batch, in order.
 
     With ``parallel`` (a path only), helper processes read and tokenize while the caller
-    assembles: two of them take alternate slices of a plain file, one reads a compressed
-    file. A batch waits in its pipe until taken, so helpers run a batch or two ahead and
-    memory stays flat. Each helper learns skeletons on its own; key ids are made one here.
+    assembles: two or three of them take turns at 1 MiB slices of a plain file, one reads a
+    compressed file. A batch waits in its pipe until taken, so helpers run a batch or two
+    ahead and memory stays flat. Each helper learns skeletons on its own; key ids are made one
+    here.
     """
     if not parallel:
         tokenizer = Tokenizer(fast)
@@ -211,7 +222,8 @@ def tokenize_source(source: Source, fast: bool = True, chunk_size: int = CHUNK,
         return
     path = os.fspath(source)  # type: ignore[arg-type]
     try:
-        helpers, snapshot = (1, None) if is_compressed(path) else (HELPERS, file_snapshot(path))
+        helpers, snapshot = ((1, None) if is_compressed(path)
+                             else (_file_helpers(), file_snapshot(path)))
     except OSError:
         helpers, snapshot = 1, None  # the helper reports it as the single-process reader would
     with _started(_file_helper, [(path, fast, chunk_size, part, helpers, snapshot)
