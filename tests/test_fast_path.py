@@ -185,6 +185,16 @@ def test_a_known_skeleton_after_something_else_than_a_timestamp_is_not_a_value()
     assert [r["value"] for r in got if r["kind"] == "blob"] == [0.5, 0.25]
 
 
+def test_the_clock_starts_at_the_same_line_after_an_impossible_date():
+    debug = "21757 net.cpp:651]     [Forward] Layer conv1, top blob conv1 data: 0.5"
+    lines = [f"I0230 12:00:00.000000 {debug}", f"I0301 12:00:01.000000 {debug}",
+             "I0301 12:00:05.000000 21757 solver.cpp:218] Iteration 0 (0 iter/s), loss = 2.3"]
+    want = [r.to_dict() for r in caffelens.parse(lines, caffelens.Parser(fast=False))]
+    got = [r.to_dict() for r in caffelens.parse(lines, caffelens.Parser(), chunk_size=10)]
+    assert got == want
+    assert [r["time"] for r in got if r["kind"] == "loss"] == [4.0]
+
+
 # --- a helper process tokenizes, this one assembles ------------------------------------------
 
 
@@ -365,11 +375,19 @@ def test_helpers_are_not_forked_while_other_threads_run():
         assert tokens._start_method() == "spawn"
         return
     assert tokens._start_method() == "fork"
+    big = CORPUS / "healthy" / "train.log"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tokens, "PARALLEL_MIN_BYTES", 1)
+        assert tokens.helpful(big) == tokens._spare_core()
     stop = threading.Event()
     thread = threading.Thread(target=stop.wait)
     thread.start()
     try:
         assert tokens._start_method() == "spawn"
+        # spawn re-runs an unguarded __main__ script: never chosen unasked
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(tokens, "PARALLEL_MIN_BYTES", 1)
+            assert not tokens.helpful(big)
     finally:
         stop.set()
         thread.join()

@@ -9,7 +9,6 @@ Forward/Backward passes. A new ``Initializing solver`` after training started be
 
 from __future__ import annotations
 
-import datetime as _dt
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -85,15 +84,13 @@ class _Clock:
         day = self.cache.get(date)
         if day is None:
             try:
-                if len(date) == 8:
-                    day = _dt.date(int(date[:4]), int(date[4:6]), int(date[6:])).toordinal()
-                else:
+                if len(date) == 4:
                     month = int(date[:2])
                     if month < self.last_month:
                         self.year += 1
                         self.cache.clear()
                     self.last_month = month
-                    day = _dt.date(self.year, month, int(date[2:])).toordinal()
+                day = L.glog_day(date, self.year)
             except ValueError:
                 return None
             self.cache[date] = day
@@ -117,6 +114,8 @@ class _Layout:
 
 
 MAX_LAYOUTS = 128
+MAX_LAYOUT_LENGTH = 1 << 16
+"""Layouts remembered, and the longest (a display block of a real net is far shorter)."""
 
 
 class Parser:
@@ -279,9 +278,10 @@ class Parser:
             backward = self._backward[ids]
             starts = np.zeros(len(ids), dtype=np.int64)
             starts[1:] = backward[:-1] & ~backward[1:]  # a Forward after a Backward
-            layout = self._layouts[name] = _Layout(
-                bool(backward[0]), bool(backward[-1]),
-                np.cumsum(starts) if starts.any() else None)
+            layout = _Layout(bool(backward[0]), bool(backward[-1]),
+                             np.cumsum(starts) if starts.any() else None)
+            if len(ids) <= MAX_LAYOUT_LENGTH:
+                self._layouts[name] = layout
         return layout
 
     def _debug_run(self, ids: np.ndarray, values: np.ndarray, first: int, emit) -> None:

@@ -248,7 +248,9 @@ class _Rows:
 
 
 MAX_LAYOUTS = 128
-"""Block layouts remembered (blocks repeat one layout every display; shuffled ones don't)."""
+MAX_LAYOUT_LENGTH = 1 << 16
+"""Block layouts remembered, and the longest: blocks repeat one layout every display
+(shuffled ones don't, and one flushed without a display line can be a million values)."""
 
 ROWS_HELD = 1 << 18
 """Values held as rows before they move into their series (bounds that memory)."""
@@ -431,13 +433,15 @@ class TraceBuilder:
         if iteration is None:
             return
         layout = ids.tobytes()
-        if layout not in self._layouts:  # the same key twice (iter_size): the last one counts
+        unique = self._layouts.get(layout, False)
+        if unique is False:  # the same key twice (iter_size): the last one counts
             if len(self._layouts) >= MAX_LAYOUTS:
                 self._layouts.clear()  # shuffled blocks (interleaved threads) are one-offs
             _, first_from_end = np.unique(ids[::-1], return_index=True)
             last_of_each = np.sort(len(ids) - 1 - first_from_end)
-            self._layouts[layout] = last_of_each if len(last_of_each) < len(ids) else None
-        unique = self._layouts[layout]
+            unique = last_of_each if len(last_of_each) < len(ids) else None
+            if len(ids) <= MAX_LAYOUT_LENGTH:
+                self._layouts[layout] = unique
         if unique is not None:
             lines, ids, values = lines[unique], ids[unique], values[unique]
         rows = trace._rows

@@ -9,6 +9,7 @@ before one compiled pattern. Every pattern is anchored and built from non-overla
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 import re
 
@@ -40,6 +41,14 @@ def timestamp_width(line: str) -> int | None:
     a debug line that changes from one display to the next, with the value."""
     m = _TIMESTAMP.match(line)
     return m.end() if m is not None else None
+
+
+def glog_day(date: str, year: int = 2000) -> int:
+    """The ordinal day of a glog date: ``yyyymmdd``, or ``mmdd`` in ``year`` (2000 is a leap
+    year, so 0229 passes). ValueError for a date that does not exist."""
+    if len(date) == 8:
+        return _dt.date(int(date[:4]), int(date[4:6]), int(date[6:])).toordinal()
+    return _dt.date(year, int(date[:2]), int(date[2:])).toordinal()
 
 
 # --- numbers --------------------------------------------------------------------------------

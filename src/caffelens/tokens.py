@@ -97,6 +97,10 @@ class Tokenizer:
             return
         if not text[:width].isascii():
             return  # the shape check below is ASCII-only: such lines go the general way
+        try:
+            L.glog_day(text[1:text.index(" ")])
+        except ValueError:
+            return  # the clock starts at the first date it can read: let it see this line
         if self._key_start is None:
             self._key_start = width
             self._stamp_shape = text[:width].encode().translate(_STAMP_SHAPE)
@@ -200,7 +204,10 @@ def helpful(source: Source) -> bool:
     if not isinstance(source, (str, os.PathLike)):
         return False
     try:
-        return _spare_core() and os.path.getsize(source) >= PARALLEL_MIN_BYTES
+        # spawn would re-run a caller's unguarded script in each helper: only ask for it
+        # explicitly (parallel=True); by default helpers are forked or not used
+        return (_start_method() == "fork" and _spare_core()
+                and os.path.getsize(source) >= PARALLEL_MIN_BYTES)
     except OSError:
         return False  # let the reader report it
 
@@ -288,11 +295,15 @@ def _started(target, argument_lists: list[tuple]) -> Iterator[list]:
     try:
         for arguments in argument_lists:
             receiver, sender = context.Pipe(duplex=False)
-            process = context.Process(target=target, args=(*arguments, sender), daemon=True)
-            with _ctrl_c_ignored():  # from birth, so Ctrl-C never finds a helper half-started
-                process.start()
-            sender.close()
             pipes.append(receiver)
+            try:
+                process = context.Process(target=target, args=(*arguments, sender), daemon=True)
+                # ignored from birth, so Ctrl-C never finds a helper half-started (one
+                # pressed during these milliseconds is lost)
+                with _ctrl_c_ignored():
+                    process.start()
+            finally:
+                sender.close()
             processes.append(process)
         yield pipes
     finally:
@@ -323,7 +334,8 @@ def _receive(pipe, name: str) -> Tokens | None:
     try:
         kind, payload = pipe.recv()
     except EOFError:
-        raise InputError(f"{name}: the reading process died") from None
+        raise InputError(f"reading {name}: a helper process ended unexpectedly (killed, or "
+                         f"it could not start)") from None
     if kind == "tokens":
         return payload
     if kind == "input-error":
