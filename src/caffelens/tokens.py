@@ -298,9 +298,7 @@ def _started(target, argument_lists: list[tuple]) -> Iterator[list]:
             pipes.append(receiver)
             try:
                 process = context.Process(target=target, args=(*arguments, sender), daemon=True)
-                # ignored from birth, so Ctrl-C never finds a helper half-started (one
-                # pressed during these milliseconds is lost)
-                with _ctrl_c_ignored():
+                with _ctrl_c_held():  # never delivered to a helper half-started
                     process.start()
             finally:
                 sender.close()
@@ -316,17 +314,18 @@ def _started(target, argument_lists: list[tuple]) -> Iterator[list]:
 
 
 @contextlib.contextmanager
-def _ctrl_c_ignored() -> Iterator[None]:
-    """Ignore SIGINT meanwhile (a child started now inherits that): Ctrl-C is the reader's,
-    which stops its helpers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers; _serve ignores it in the helper
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold Ctrl-C back meanwhile; it is delivered right after. A helper started now is born
+    with it blocked and ignores it before unblocking it (:func:`_serve`): Ctrl-C is the
+    reader's, which stops its helpers."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: the helper ignores it in _serve
+        yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _receive(pipe, name: str) -> Tokens | None:
@@ -353,7 +352,9 @@ class _HelperTraceback(Exception):
 
 def _serve(batches: Iterator[list[str]], fast: bool, sender) -> None:
     """A helper's life: tokenize each batch and send it, then the end (or what went wrong)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the reader's (see _ctrl_c_ignored)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the reader's (see _ctrl_c_held)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         tokenizer = Tokenizer(fast)
         for batch in batches:
