@@ -325,7 +325,7 @@ def test_ctrl_c_while_helpers_read_is_one_line_and_exit_130(tmp_path):
     while time.monotonic() < deadline and proc.poll() is None:
         if children.exists() and children.read_text().split():
             break  # the helpers are reading
-        time.sleep(0.01)
+        time.sleep(0.001)  # send it while the other helpers are being started
     os.killpg(proc.pid, signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=30)
