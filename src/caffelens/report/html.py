@@ -679,6 +679,13 @@ class _Renderer:
             fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
         return _inline_svg(buffer.getvalue())
 
+    def finish(self, plot: _Plot, stack: _Stack, pending) -> _Plot:
+        """The end every plot shares: one x range for all, finding labels, the SVG."""
+        stack.axes[0].set_xlim(*self.xlim)
+        _label_marks(stack.fig, pending)
+        plot.svg = self.svg(stack.fig, plot.id)
+        return plot
+
     # each returns a _Plot with svg, or with a note when there is nothing to draw
 
     def loss(self, pid: str) -> _Plot:
@@ -691,10 +698,7 @@ class _Renderer:
         stack = self.stack([2.9])
         handles, pending = _plot_loss(stack.axes[0], self.trace, self.findings)
         stack.legend(handles)
-        stack.axes[0].set_xlim(*self.xlim)
-        _label_marks(stack.fig, pending)
-        plot.svg = self.svg(stack.fig, pid)
-        return plot
+        return self.finish(plot, stack, pending)
 
     def layers(self, pid: str) -> _Plot:
         plot = _Plot(pid, "Per-layer values",
@@ -719,10 +723,7 @@ class _Renderer:
         handles, labels, pending = _plot_layers(stack.axes, panels, self.findings)
         stack.legend(handles, labels, title="layer · first nan/inf/0",
                      fontsize=8 if count > 20 else 9)
-        stack.axes[0].set_xlim(*self.xlim)
-        _label_marks(stack.fig, pending)
-        plot.svg = self.svg(stack.fig, pid)
-        return plot
+        return self.finish(plot, stack, pending)
 
     def norms(self, pid: str) -> _Plot:
         plot = _Plot(pid, "All net params: L2 norms",
@@ -735,10 +736,7 @@ class _Renderer:
         stack = self.stack([2.4])
         handles, pending = _plot_norms(stack.axes[0], lines, self.findings)
         stack.legend(handles)
-        stack.axes[0].set_xlim(*self.xlim)
-        _label_marks(stack.fig, pending)
-        plot.svg = self.svg(stack.fig, pid)
-        return plot
+        return self.finish(plot, stack, pending)
 
     def clipping(self, pid: str) -> _Plot:
         trace = self.trace
@@ -757,10 +755,7 @@ class _Renderer:
         stack = self.stack([1.9, 1.6], xlabel="iteration (estimated between display lines)")
         handles, pending = _plot_clipping(stack.axes, trace, self.findings)
         stack.legend(handles)
-        stack.axes[0].set_xlim(*self.xlim)
-        _label_marks(stack.fig, pending)
-        plot.svg = self.svg(stack.fig, pid)
-        return plot
+        return self.finish(plot, stack, pending)
 
 
 def _inline_svg(svg: str) -> str:
