@@ -41,7 +41,7 @@ from caffelens.records import (
     TopShape,
 )
 from caffelens.sources import CHUNK, Source, iter_line_batches
-from caffelens.tokens import Tokenizer, Tokens, tokenize_source
+from caffelens.tokens import LayoutCache, Tokenizer, Tokens, tokenize_source
 
 MAX_DUMP_LINES = 200_000
 MAX_DUMP_CHARS = 4_000_000
@@ -113,9 +113,6 @@ class _Layout:
     last_batch_keys: frozenset = frozenset()
 
 
-MAX_LAYOUTS = 128
-MAX_LAYOUT_LENGTH = 1 << 16
-"""Layouts remembered, and the longest (a display block of a real net is far shorter)."""
 
 
 class Parser:
@@ -165,7 +162,7 @@ class Parser:
         self._batch_key: list[tuple] = []  # key id -> (direction, layer, role, blob)
         self._backward = np.zeros(0, dtype=bool)  # key id -> is a Backward value
         self._pending_values = 0
-        self._layouts: dict[bytes, _Layout] = {}
+        self._layouts = LayoutCache(self._work_out_layout)
         self.definitions = 0
         """Solver/net dumps read so far (param names may change with each)."""
         self._params: dict[tuple, tuple] = {}  # (phase, net, layer, printed param) -> (index, name)
@@ -270,19 +267,14 @@ class Parser:
     def _layout(self, ids: np.ndarray) -> _Layout:
         """What a run's sequence of keys means for passes (and test batches, worked out when
         a test needs them); runs repeat every display, so this is done once per sequence."""
-        name = ids.tobytes()
-        layout = self._layouts.get(name)
-        if layout is None:
-            if len(self._layouts) >= MAX_LAYOUTS:
-                self._layouts.clear()  # runs cut at batch ends make one-off sequences
-            backward = self._backward[ids]
-            starts = np.zeros(len(ids), dtype=np.int64)
-            starts[1:] = backward[:-1] & ~backward[1:]  # a Forward after a Backward
-            layout = _Layout(bool(backward[0]), bool(backward[-1]),
-                             np.cumsum(starts) if starts.any() else None)
-            if len(ids) <= MAX_LAYOUT_LENGTH:
-                self._layouts[name] = layout
-        return layout
+        return self._layouts.get(ids.tobytes(), ids)
+
+    def _work_out_layout(self, ids: np.ndarray) -> _Layout:
+        backward = self._backward[ids]
+        starts = np.zeros(len(ids), dtype=np.int64)
+        starts[1:] = backward[:-1] & ~backward[1:]  # a Forward after a Backward
+        return _Layout(bool(backward[0]), bool(backward[-1]),
+                       np.cumsum(starts) if starts.any() else None)
 
     def _debug_run(self, ids: np.ndarray, values: np.ndarray, first: int, emit) -> None:
         """Consecutive debug lines with known skeletons, from line ``first`` on."""

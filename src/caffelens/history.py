@@ -32,6 +32,7 @@ from caffelens.records import (
     TestStart,
     TopShape,
 )
+from caffelens.tokens import LayoutCache
 
 BlobKey = tuple[str, str, str, str, str]
 """(direction, layer, role, blob, stat) — one printed series."""
@@ -247,13 +248,16 @@ class _Rows:
     lines: list[np.ndarray] = field(default_factory=list)
 
 
-MAX_LAYOUTS = 128
-MAX_LAYOUT_LENGTH = 1 << 16
-"""Block layouts remembered, and the longest: blocks repeat one layout every display
-(shuffled ones don't, and one flushed without a display line can be a million values)."""
-
 ROWS_HELD = 1 << 18
 """Values held as rows before they move into their series (bounds that memory)."""
+
+
+def _last_of_each(ids: np.ndarray) -> np.ndarray | None:
+    """Where each key is last in a block (iter_size prints a key once a pass: the last pass
+    counts); None when no key repeats."""
+    _, first_from_end = np.unique(ids[::-1], return_index=True)
+    last = np.sort(len(ids) - 1 - first_from_end)
+    return last if len(last) < len(ids) else None
 
 
 class TraceBuilder:
@@ -266,7 +270,7 @@ class TraceBuilder:
         """Bound on every stored history (None: keep all); `watch` sets it for week-long runs."""
         self._traces: list[RunTrace] = []
         self._shapes_done: set[int] = set()
-        self._layouts: dict[bytes, np.ndarray | None] = {}
+        self._layouts = LayoutCache(_last_of_each)
 
     @property
     def traces(self) -> list[RunTrace]:
@@ -433,15 +437,7 @@ class TraceBuilder:
         if iteration is None:
             return
         layout = ids.tobytes()
-        unique = self._layouts.get(layout, False)
-        if unique is False:  # the same key twice (iter_size): the last one counts
-            if len(self._layouts) >= MAX_LAYOUTS:
-                self._layouts.clear()  # shuffled blocks (interleaved threads) are one-offs
-            _, first_from_end = np.unique(ids[::-1], return_index=True)
-            last_of_each = np.sort(len(ids) - 1 - first_from_end)
-            unique = last_of_each if len(last_of_each) < len(ids) else None
-            if len(ids) <= MAX_LAYOUT_LENGTH:
-                self._layouts[layout] = unique
+        unique = self._layouts.get(layout, ids)
         if unique is not None:
             lines, ids, values = lines[unique], ids[unique], values[unique]
         rows = trace._rows

@@ -168,6 +168,32 @@ def _plain_numbers(joined: str) -> bool:
             and "\n\t" not in joined and not joined[:1].isspace())
 
 
+class LayoutCache:
+    """What a sequence of key ids means, worked out once: a display block repeats one
+    sequence every display. Bounded: at most ``MAX`` sequences (runs cut at batch ends and
+    shuffled blocks are one-offs), none longer than ``LONGEST`` ids (a run flushed without
+    a display line can be a million)."""
+
+    MAX = 128
+    LONGEST = 1 << 16
+
+    def __init__(self, work_out) -> None:
+        self.work_out = work_out
+        self.known: dict[bytes, object] = {}
+
+    def get(self, name: bytes, ids: np.ndarray):
+        """The meaning of ``ids``, whose ``tobytes()`` is ``name``."""
+        try:
+            return self.known[name]
+        except KeyError:
+            meaning = self.work_out(ids)
+            if len(ids) <= self.LONGEST:
+                if len(self.known) >= self.MAX:
+                    self.known.clear()
+                self.known[name] = meaning
+            return meaning
+
+
 # --- helper processes ---------------------------------------------------------------------------
 
 def _start_method() -> str:
